@@ -1,0 +1,1 @@
+"""Hugging Face interop: load and save Llama-family checkpoints, materialise shipped models."""
