@@ -1,0 +1,253 @@
+"""The Llama backbone in Flax linen, used functionally.
+
+Parameter names follow Hugging Face (`model/embed_tokens`, `model/layers/self_attn/q_proj/kernel`,
+`model/norm`, `lm_head`) with kernels laid out `[in, out]` and the decoder layers stacked
+on a leading `layers` axis by `nn.scan`, so HF conversion is a fixed renaming plus a
+transpose. RoPE is HF's half-split variant, so no weight permutation is needed.
+
+Shape letters: B batch, T query length, S key length, D hidden, K kv heads,
+G query heads per kv head, H head size, F MLP width, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o1_jax.models.config import LlamaConfig
+
+# Activation logical axes at block boundaries; the rules table maps them to mesh axes.
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@flax.struct.dataclass
+class CausalLMOutput:
+    logits: jax.Array | None  # [B, T, V], or None when not asked for
+    last_hidden_state: jax.Array  # [B, T, D], after the final norm
+
+
+def _init(cfg: LlamaConfig, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def rope_inverse_frequencies(cfg: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies as transformers computes them (float32), with llama3 scaling."""
+    dim = cfg.head_size
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = inv_freq.astype(np.float32)
+    if cfg.rope_type != "llama3":
+        return inv_freq
+    factor = cfg.rope_factor
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len = cfg.rope_original_max_position_embeddings
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(cfg: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables `[B, T, H]` in float32 for integer positions `[B, T]`."""
+    inv_freq = jnp.asarray(rope_inverse_frequencies(cfg))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """HF's half-split rotation: x*cos + rotate_half(x)*sin, x `[B, T, N, H]`."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def default_positions(attention_mask: jax.Array) -> jax.Array:
+    """Positions that skip padding, so a left-padded row gets the same RoPE as unpadded."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention_bias_mask(cfg: LlamaConfig, attention_mask: jax.Array) -> jax.Array:
+    """Boolean `[B, 1, 1, T, S]`: key s is visible to query t (causal, not padding, in window)."""
+    t = attention_mask.shape[-1]
+    q_idx = jnp.arange(t)[:, None]
+    k_idx = jnp.arange(t)[None, :]
+    visible = k_idx <= q_idx
+    if cfg.sliding_window is not None:
+        visible &= q_idx - k_idx < cfg.sliding_window
+    visible = visible[None] & attention_mask.astype(bool)[:, None, :]  # [B, T, S]
+    return visible[:, None, None]
+
+
+class RMSNorm(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param(
+            "weight",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.cfg.weight_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+        # As HF: cast back to the input dtype, then scale.
+        return weight.astype(self.cfg.compute_dtype) * normed.astype(self.cfg.compute_dtype)
+
+
+def _dense(cfg: LlamaConfig, features: int, axes: tuple[str, str], use_bias: bool, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        kernel_init=_init(cfg, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        n, k, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        q = _dense(cfg, n * h, ("embed", "q_heads"), qkv_bias, "q_proj")(x).reshape(b, t, n, h)
+        kk = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "k_proj")(x).reshape(b, t, k, h)
+        v = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "v_proj")(x).reshape(b, t, k, h)
+        q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
+
+        # Grouped-query attention without repeating K/V: query heads grouped per kv head.
+        q = q.reshape(b, t, k, n // k, h)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk, preferred_element_type=jnp.float32)
+        scores = scores * h**-0.5
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n * h)
+        return _dense(cfg, cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, "o_proj")(out)
+
+
+class MLP(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        gate = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, "gate_proj")(x)
+        up = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, "up_proj")(x)
+        return _dense(cfg, cfg.hidden_size, ("mlp", "embed"), cfg.mlp_bias, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+        x = x + Attention(self.cfg, name="self_attn")(RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask)
+        x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attention_layernorm")(x))
+        return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+
+
+def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
+    layer = DecoderLayer
+    if cfg.remat_policy != "none":
+        layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_hidden_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="layers")
+
+
+class LlamaModel(nn.Module):
+    """Embedding, scanned decoder layers and the final norm: the HF `model.*` tree."""
+
+    cfg: LlamaConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            embedding_init=_init(cfg, ("vocab", "embed")),
+        )
+        self.layers = _scanned_layers(cfg)
+        self.norm = RMSNorm(cfg)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = default_positions(attention_mask)
+        cos, sin = rope_cos_sin(self.cfg, position_ids)
+        mask = attention_bias_mask(self.cfg, attention_mask)
+        x = self.embed_tokens(input_ids).astype(self.cfg.compute_dtype)
+        x, _ = self.layers(x, cos, sin, mask)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    """`apply({"params": p}, ids, attention_mask=m)` -> CausalLMOutput(logits, last_hidden_state).
+
+    `compute_logits=False` skips the LM head (the embedder needs only a hidden state);
+    `method=LlamaForCausalLM.logits_from_hidden` applies it to hidden states picked later.
+    """
+
+    cfg: LlamaConfig
+
+    def setup(self):
+        self.model = LlamaModel(self.cfg)
+        if not self.cfg.tie_word_embeddings:
+            self.lm_head = _dense(self.cfg, self.cfg.vocab_size, ("embed", "vocab"), False, "lm_head")
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, compute_logits: bool = True):
+        hidden = self.model(input_ids, attention_mask, position_ids)
+        logits = self.logits_from_hidden(hidden) if compute_logits else None
+        return CausalLMOutput(logits=logits, last_hidden_state=hidden)
+
+    def logits_from_hidden(self, hidden):
+        """LM head on hidden states `[..., D]` -> logits `[..., V]` in float32."""
+        if self.cfg.tie_word_embeddings:
+            logits = self.model.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return logits.astype(jnp.float32)
+
+
+def init_params(cfg: LlamaConfig, rng: jax.Array, seq_len: int = 8):
+    """Random parameters (unboxed) for a config; for tests and training from scratch."""
+    model = LlamaForCausalLM(cfg)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return nn.unbox(model.init(rng, ids)["params"])
+
+
+def abstract_params(cfg: LlamaConfig):
+    """Parameter shapes/dtypes, boxed with logical axis names, allocating nothing."""
+    model = LlamaForCausalLM(cfg)
+    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    return jax.eval_shape(lambda r, i: model.init(r, i), jax.random.key(0), ids)["params"]
