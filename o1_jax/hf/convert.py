@@ -142,6 +142,20 @@ def _slice_reader(reader: CheckpointReader, path, num_layers: int, dtype: np.dty
     return read
 
 
+def check_params_match(cfg: LlamaConfig, params: dict) -> None:
+    """Raises a clear error when `params` is not shaped like the model `cfg` describes."""
+    expected = {_path_names(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(cfg)))[0]}
+    got = {_path_names(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    for path in sorted(set(expected) | set(got)):
+        name = "/".join(path)
+        if path not in got:
+            raise ValueError(f"params: parameter {name} is missing (the model config expects it)")
+        if path not in expected:
+            raise ValueError(f"params: parameter {name} is not part of a model with this config")
+        if tuple(got[path]) != tuple(expected[path]):
+            raise ValueError(f"params: parameter {name} has shape {tuple(got[path])}, expected {expected[path]} from the model config")
+
+
 def hf_tensor_specs(cfg: LlamaConfig, params: dict) -> list[TensorSpec]:
     """What `save_pretrained` writes: HF name, shape, dtype and a producer per tensor."""
     specs: list[TensorSpec] = []
@@ -195,9 +209,7 @@ def save_pretrained(
             bos_token_id=cfg.bos_token_id if cfg.bos_token_id is not None else tokenizer.bos_token_id,
             pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_token_id,
         )
-    vocab = params["model"]["embed_tokens"]["embedding"].shape[0]
-    if vocab != cfg.vocab_size:
-        raise ValueError(f"params have {vocab} embedding rows but the model config says vocab_size={cfg.vocab_size}")
+    check_params_match(cfg, params)
     hf_config = cfg.to_hf_dict()
     hf_config["dtype"] = str(np.dtype(params["model"]["norm"]["weight"].dtype))
 

@@ -1,0 +1,192 @@
+"""O1 training records: read, validate and write the JSONL format.
+
+One JSON object per line:
+  {"query": str, "pos": [doc, ...], "neg": [doc, ...], "thought": str,
+   "all_thought": [str, ...], "pos_scores": [float], "neg_scores": [float],
+   "id": str | int, ...}
+`thought`, `neg`, `all_thought`, the scores and `id` are optional; other keys
+are kept as they are. A doc is a string or a {"title": str, "text": str} object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import uuid
+from typing import Any, Iterable, Iterator
+
+# Keys read_records gives every record; anything else in a line is passed through.
+KNOWN_KEYS = ("id", "query", "pos", "neg", "thought", "all_thought", "pos_scores", "neg_scores")
+
+
+class RecordError(ValueError):
+    """A record file or a record that does not follow the O1 format."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _normalize_doc(doc: Any, where: str) -> dict:
+    if isinstance(doc, str):
+        return {"title": "", "text": doc}
+    if isinstance(doc, dict):
+        title = doc.get("title", "")
+        text = doc.get("text")
+        if title is None:
+            title = ""
+        if isinstance(text, str) and isinstance(title, str):
+            return {"title": title, "text": text}
+    raise RecordError(
+        f"{where} must be a string or a {{\"title\": str, \"text\": str}} object, got {_short(doc)}."
+    )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def normalize_doc(doc: Any) -> dict:
+    """A document as {"title": str, "text": str} (title "" when absent)."""
+    return _normalize_doc(doc, "a document")
+
+
+def doc_text(doc: Any) -> str:
+    """The string the model sees for a document: `title + " " + text`, stripped (BEIR's convention)."""
+    doc = normalize_doc(doc)
+    return (doc["title"] + " " + doc["text"]).strip()
+
+
+def _scores(value: Any, n: int, key: str, docs_key: str, where: str) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value
+    ):
+        raise RecordError(f"{where}: '{key}' must be a list of finite numbers, got {_short(value)}.")
+    if len(value) != n:
+        raise RecordError(
+            f"{where}: '{key}' has {len(value)} scores but '{docs_key}' has {n} documents (expected one score per document)."
+        )
+    return [float(x) for x in value]
+
+
+def validate_record(obj: Any, where: str, default_id: str) -> dict:
+    """One parsed JSON line as a normalised record; `where` ("file:line") prefixes any error."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {_type_name(obj)}.")
+    query = obj.get("query")
+    if not isinstance(query, str) or not query.strip():
+        got = "it is missing" if "query" not in obj else f"got {_short(query)}"
+        raise RecordError(f"{where}: 'query' must be a non-empty string, {got}.")
+    pos = obj.get("pos")
+    if not isinstance(pos, list) or not pos:
+        got = "it is missing" if "pos" not in obj else f"got {_short(pos)}"
+        raise RecordError(f"{where}: 'pos' must be a non-empty list of documents, {got}.")
+    neg = obj.get("neg")
+    if neg is None:
+        neg = []
+    if not isinstance(neg, list):
+        raise RecordError(f"{where}: 'neg' must be a list of documents, got {_short(neg)}.")
+    pos = [_normalize_doc(d, f"{where}: pos[{i}]") for i, d in enumerate(pos)]
+    neg = [_normalize_doc(d, f"{where}: neg[{i}]") for i, d in enumerate(neg)]
+    thought = obj.get("thought")
+    if thought is None:
+        thought = ""
+    if not isinstance(thought, str):
+        raise RecordError(f"{where}: 'thought' must be a string, got {_short(thought)}.")
+    all_thought = obj.get("all_thought")
+    if all_thought is None:
+        all_thought = []
+    if not isinstance(all_thought, list) or not all(isinstance(t, str) for t in all_thought):
+        raise RecordError(f"{where}: 'all_thought' must be a list of strings, got {_short(all_thought)}.")
+    rid = obj.get("id", default_id)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise RecordError(f"{where}: 'id' must be a string or an integer, got {_short(rid)}.")
+    record = {k: v for k, v in obj.items() if k not in KNOWN_KEYS}
+    record.update(
+        id=str(rid),
+        query=query,
+        pos=pos,
+        neg=neg,
+        thought=thought,
+        all_thought=list(all_thought),
+        pos_scores=_scores(obj.get("pos_scores"), len(pos), "pos_scores", "pos", where),
+        neg_scores=_scores(obj.get("neg_scores"), len(neg), "neg_scores", "neg", where),
+    )
+    return record
+
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line; errors name the file and line."""
+    path = pathlib.Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such file (expected a JSONL file, one JSON object per line).") from None
+    except IsADirectoryError:
+        raise RecordError(f"{path}: is a folder (expected a JSONL file, one JSON object per line).") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1}).") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}).") from None
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every record of an O1 JSONL file, validated and normalised (all lines are checked before returning)."""
+    records, seen = [], {}
+    for lineno, obj in iter_json_lines(path):
+        record = validate_record(obj, f"{path}:{lineno}", default_id=str(lineno))
+        if record["id"] in seen:
+            raise RecordError(
+                f"{path}:{lineno}: duplicate id {record['id']!r} (first used on line {seen[record['id']]}; ids must be unique)."
+            )
+        seen[record["id"]] = lineno
+        records.append(record)
+    if not records:
+        raise RecordError(f"{path}: no records (expected one JSON object per line).")
+    return records
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside `path`, renamed onto it only if the block succeeds."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name beside the target (same filesystem, so os.replace is atomic); plain
+    # open() so the file gets the usual umask permissions, unlike mkstemp's 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_records(records: Iterable[dict], path: str | os.PathLike) -> int:
+    """Write records as JSONL (UTF-8, one object per line) atomically; returns how many were written."""
+    n = 0
+    with atomic_open(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n
