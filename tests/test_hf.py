@@ -154,3 +154,28 @@ def test_smollm2_logits_match_transformers(smollm2_path):
     diff = np.abs(logits - ref)[mask.astype(bool)]
     assert diff.max() <= 1e-3, f"max |logit diff| {diff.max()}"
     np.testing.assert_array_equal(logits[:, -1].argmax(-1), ref[:, -1].argmax(-1))
+
+
+def test_lora_model_exports_merged_with_equal_logits(tmp_path):
+    torch_model, folder = _tiny_llama(tmp_path)
+    targets = ("q_proj", "v_proj", "down_proj")
+    model, params = hf.load_pretrained(folder, lora_rank=4, lora_alpha=8.0, lora_targets=targets)
+    # Fill the (zero-initialised) adapters: the model must now differ from the base.
+    base_model, base_params = hf.load_pretrained(folder)
+    init = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    layers = init["model"]["layers"]
+    for group, name in (("self_attn", "q_proj"), ("self_attn", "v_proj"), ("mlp", "down_proj")):
+        a = layers[group][name]["lora_a"]
+        params["model"]["layers"][group][name]["lora_a"] = a
+        params["model"]["layers"][group][name]["lora_b"] = 0.05 * jax.random.normal(
+            jax.random.key(1), layers[group][name]["lora_b"].shape)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 96, (2, 9)))
+    ours = np.asarray(model.apply({"params": params}, ids).logits)
+    base = np.asarray(base_model.apply({"params": base_params}, ids).logits)
+    assert np.abs(ours - base).max() > 1e-2
+    out = hf.save_pretrained(model, params, tmp_path / "merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        ref = merged(torch.tensor(np.asarray(ids))).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-4
+    assert "lora" not in (out / "config.json").read_text()

@@ -21,6 +21,7 @@ import numpy as np
 
 from o1_jax.hf.safetensors_io import CheckpointReader, TensorSpec, write_checkpoint
 from o1_jax.models.config import LlamaConfig
+from o1_jax.models.lora import is_lora_path, merge_lora
 from o1_jax.models.llama import LlamaForCausalLM, abstract_params
 
 # Tensors HF checkpoints may carry that have no parameter here.
@@ -68,6 +69,7 @@ def load_pretrained(
     dtype: str = "float32",
     param_dtype: str | None = None,
     shardings: Any = None,
+    lora_seed: int = 0,
     **config_overrides,
 ) -> tuple[LlamaForCausalLM, dict]:
     """Loads a local HF Llama/Mistral/Qwen2 folder into `(model, params)`.
@@ -77,6 +79,8 @@ def load_pretrained(
     places every tensor straight onto its devices, each device reading only its
     slice from the memory-mapped file; without it, params go to the default device.
     Host memory holds at most one stacked tensor at a time besides the result.
+    `config_overrides` (e.g. `lora_rank=8, lora_targets=("q_proj",)`, `remat_policy="full"`)
+    change the model config; LoRA adapters start as in PEFT (a random, b zero).
     """
     folder = pathlib.Path(path)
     cfg = read_config(folder, dtype=dtype, param_dtype=param_dtype or dtype, **config_overrides)
@@ -88,6 +92,8 @@ def load_pretrained(
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     for key_path, leaf in leaves_with_paths:
         path = _path_names(key_path)
+        if is_lora_path(path):
+            continue
         names = hf_tensor_names(path, cfg.num_hidden_layers)
         per_tensor = leaf.shape[1:] if _is_stacked(path) else leaf.shape
         expected = per_tensor[::-1] if path[-1] == "kernel" else per_tensor
@@ -119,8 +125,17 @@ def load_pretrained(
         shardings_flat = [None] * len(leaves_with_paths)
 
     arrays = []
+    lora_rng = jax.random.key(lora_seed)
     for (key_path, leaf), sharding in zip(leaves_with_paths, shardings_flat):
         path = _path_names(key_path)
+        if is_lora_path(path):  # new adapters: a random, b zero, so the model starts as the base
+            lora_rng, sub = jax.random.split(lora_rng)
+            batch = (0,) if _is_stacked(path) else ()
+            init = nn.initializers.he_uniform(in_axis=-2, out_axis=-1, batch_axis=batch)
+            init = init if path[-1] == "lora_a" else nn.initializers.zeros
+            value = init(sub, leaf.shape, leaf.dtype)
+            arrays.append(jax.device_put(value, sharding) if sharding is not None else value)
+            continue
         read = _slice_reader(reader, path, cfg.num_hidden_layers, target)
         if sharding is None:
             arrays.append(jax.device_put(read(tuple(slice(None) for _ in leaf.shape))))
@@ -195,6 +210,8 @@ def save_pretrained(
 ) -> pathlib.Path:
     """Writes an HF folder (safetensors, config.json, tokenizer and generation config when given).
 
+    LoRA adapters, if the model has them, are merged into the kernels first.
+
     Everything goes to a temporary sibling folder renamed into place at the end, so an
     interrupted save never leaves a half-written model; an existing non-empty `out_dir`
     is replaced only with `overwrite=True`.
@@ -202,14 +219,14 @@ def save_pretrained(
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
-    cfg = model.cfg
+    check_params_match(model.cfg, params)
+    cfg, params = merge_lora(model.cfg, params)  # HF has no adapters: write merged kernels
     if tokenizer is not None:
         cfg = cfg.replace(
             eos_token_id=cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id,
             bos_token_id=cfg.bos_token_id if cfg.bos_token_id is not None else tokenizer.bos_token_id,
             pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_token_id,
         )
-    check_params_match(cfg, params)
     hf_config = cfg.to_hf_dict()
     hf_config["dtype"] = str(np.dtype(params["model"]["norm"]["weight"].dtype))
 

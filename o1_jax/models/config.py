@@ -19,6 +19,7 @@ SUPPORTED_MODEL_TYPES = {
     "qwen2": ("Qwen2ForCausalLM", True),
 }
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -55,6 +56,11 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"  # one of REMAT_POLICIES
+    # LoRA adapters on the named projections (q_proj, k_proj, v_proj, o_proj, gate_proj,
+    # up_proj, down_proj); rank 0 = none. Not part of the HF config: export merges them.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
@@ -71,6 +77,11 @@ class LlamaConfig:
             raise ValueError(f"rope_type={self.rope_type!r}: only default RoPE and 'llama3' scaling are supported")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type={self.model_type!r}: expected one of {tuple(SUPPORTED_MODEL_TYPES)}")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"lora_targets has {sorted(unknown)}: expected names from {LORA_TARGETS}")
+        if self.lora_rank < 0 or (self.lora_rank and not self.lora_targets):
+            raise ValueError(f"lora_rank={self.lora_rank} needs lora_targets (and must not be negative)")
 
     @property
     def head_size(self) -> int:

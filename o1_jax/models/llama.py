@@ -110,16 +110,36 @@ class RMSNorm(nn.Module):
         return weight.astype(self.cfg.compute_dtype) * normed.astype(self.cfg.compute_dtype)
 
 
-def _dense(cfg: LlamaConfig, features: int, axes: tuple[str, str], use_bias: bool, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=cfg.compute_dtype,
-        param_dtype=cfg.weight_dtype,
-        kernel_init=_init(cfg, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-        name=name,
-    )
+class Linear(nn.Module):
+    """`x @ kernel (+ bias)`, kernel `[in, out]`, with an optional LoRA update `(x @ a) @ b * alpha/r`."""
+
+    cfg: LlamaConfig
+    features: int
+    axes: tuple[str, str]
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+        kernel = self.param("kernel", _init(cfg, self.axes), (x.shape[-1], self.features), cfg.weight_dtype)
+        x = x.astype(dtype)
+        y = jax.lax.dot_general(x, kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:])
+            y = y + self.param("bias", init, (self.features,), cfg.weight_dtype).astype(dtype)
+        if cfg.lora_rank and self.name in cfg.lora_targets:
+            # As PEFT: a random, b zero, so training starts from the base model exactly.
+            a_init = nn.with_logical_partitioning(nn.initializers.he_uniform(), (self.axes[0], None))
+            b_init = nn.with_logical_partitioning(nn.initializers.zeros, (None, self.axes[1]))
+            a = self.param("lora_a", a_init, (x.shape[-1], cfg.lora_rank), cfg.weight_dtype).astype(dtype)
+            b = self.param("lora_b", b_init, (cfg.lora_rank, self.features), cfg.weight_dtype).astype(dtype)
+            y = y + (x @ a) @ b * (cfg.lora_alpha / cfg.lora_rank)
+        return y
+
+
+def _dense(cfg: LlamaConfig, features: int, axes: tuple[str, str], use_bias: bool, name: str) -> Linear:
+    return Linear(cfg, features, axes, use_bias, name=name)
 
 
 class Attention(nn.Module):
