@@ -1,0 +1,463 @@
+"""Joint next-token + InfoNCE training over a device mesh, resumable to the exact batch.
+
+`train(config, workdir)` is the whole job; `python -m o1_jax.train` is its command line.
+Order of initialisation: the run's own latest checkpoint, else `model.init_from` (an HF
+folder), else a fresh model from `model.fresh`. The step is compiled once with
+`jax.jit(in_shardings, out_shardings, donate_argnums)`; batches are built from
+process-local data with `jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import queue
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from o1_jax import objective, sharding, trainable
+from o1_jax.checkpoint import Checkpointer
+from o1_jax.data import formatting, storage
+from o1_jax.data.synthetic import make_tokenizer, write_demo_data
+from o1_jax.hf import convert, fetch
+from o1_jax.metrics import MetricWriter, ProgressBar, mfu, peak_flops_per_device
+from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params
+
+log = logging.getLogger(__name__)
+
+BATCH_AXES = PartitionSpec(("data", "fsdp"))
+
+
+# ----------------------------------------------------------------------------- model + tokenizer
+
+
+def resolve_model_path(spec: str) -> pathlib.Path | None:
+    """`model.init_from`: '' (fresh), an HF folder, or `shipped:NAME` (materialised by fetch)."""
+    if not spec:
+        return None
+    if spec.startswith("shipped:"):
+        return fetch.fetch(spec.split(":", 1)[1])
+    return pathlib.Path(spec).expanduser()
+
+
+def load_tokenizer(config, init_path: pathlib.Path | None):
+    import transformers
+
+    source = config.model.tokenizer or (str(init_path) if init_path else "")
+    if source == "synthetic":
+        return make_tokenizer()
+    if not source:
+        raise ValueError("config.model.tokenizer is empty and config.model.init_from is empty: "
+                         "expected a tokenizer folder, 'synthetic', or an HF model to take it from")
+    return transformers.AutoTokenizer.from_pretrained(source)
+
+
+def model_config(config, init_path: pathlib.Path | None, vocab_size: int) -> LlamaConfig:
+    m = config.model
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                     lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
+    if init_path is not None:
+        cfg = convert.read_config(init_path, **overrides)
+    else:
+        cfg = LlamaConfig(vocab_size=vocab_size, **m.fresh.to_dict(), **overrides)
+    return cfg.replace(vocab_size=max(cfg.vocab_size, vocab_size))
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(opt, num_steps: int) -> optax.Schedule:
+    warmup = opt.warmup_steps if opt.warmup_steps >= 0 else int(round(opt.warmup_fraction * num_steps))
+    decay_steps = max(num_steps - warmup, 1)
+    end = opt.lr * opt.end_lr_factor
+    if opt.decay == "cosine":
+        decay = optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.end_lr_factor)
+    elif opt.decay == "linear":
+        decay = optax.linear_schedule(opt.lr, end, decay_steps)
+    elif opt.decay == "constant":
+        decay = optax.constant_schedule(opt.lr)
+    else:
+        raise ValueError(f"config.optimizer.decay={opt.decay!r}: expected 'cosine', 'linear' or 'constant'")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(opt, schedule) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm > 0 else optax.identity(),
+        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay),
+    )
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _micro(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...] taking every k-th row, so each device keeps its own rows."""
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids, microbatches: int):
+    def loss_fn(params, frozen, batch):
+        full = trainable.combine(params, frozen, special_ids)
+        return objective.joint_loss(model, full, batch, loss_cfg)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state, frozen, batch):
+        if microbatches == 1:
+            (_, metrics), grads = grad_fn(state["params"], frozen, batch)
+        else:
+            # Gradient accumulation: each micro-batch's InfoNCE sees its own in-batch negatives.
+            micro = jax.tree_util.tree_map(lambda x: _micro(x, microbatches), batch)
+
+            def body(acc, mb):
+                (_, m), g = grad_fn(state["params"], frozen, mb)
+                return jax.tree_util.tree_map(jnp.add, acc, (g, m)), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+            m0 = jax.eval_shape(lambda: grad_fn(state["params"], frozen, jax.tree_util.tree_map(lambda x: x[0], micro))[0][1])
+            m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m0)
+            (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), micro)
+            grads = jax.tree_util.tree_map(lambda g: g / microbatches, grads)
+            metrics = jax.tree_util.tree_map(lambda m: m / microbatches, metrics)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return step
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Batches:
+    """Deterministic batches: the global batch of step s is a pure function of (seed, s)."""
+
+    source: storage.RecordSource
+    order: storage.BatchOrder
+    formatter: formatting.Formatter
+    group_size: int
+    thought_dropout: float
+    seed: int
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        local = self.order.indices(step)
+        first = self.order.process_index * self.order.local_batch_size
+        records = [self.source[int(i)] for i in local]
+        examples = [
+            formatting.build_example(
+                r, storage.example_rng(self.seed, step, first + j), self.group_size, self.thought_dropout)
+            for j, r in enumerate(records)
+        ]
+        return self.formatter.collate_train(examples)
+
+    def iterate(self, start: int, stop: int, prefetch: int = 2) -> Iterator[tuple[int, dict]]:
+        """Batches for steps [start, stop), prepared by a background thread."""
+        q: queue.Queue = queue.Queue(maxsize=prefetch)
+        done = threading.Event()
+
+        def produce():
+            try:
+                for s in range(start, stop):
+                    if done.is_set():
+                        return
+                    q.put((s, self.local_batch(s)))
+            except BaseException as e:  # surfaced in the consumer
+                q.put((None, e))
+
+        threading.Thread(target=produce, daemon=True).start()
+        try:
+            for _ in range(start, stop):
+                s, batch = q.get()
+                if s is None:
+                    raise batch
+                yield s, batch
+        finally:
+            done.set()
+
+
+def prepare_data(config, workdir: pathlib.Path, tokenizer) -> tuple[storage.RecordSource, pathlib.Path]:
+    d = config.data
+    cache = pathlib.Path(d.cache_dir or (workdir / "data_cache")).expanduser() / f"process{jax.process_index()}"
+    if d.synthetic:
+        demo = write_demo_data(cache / "demo", seed=config.seed, num_train=d.synthetic_train,
+                               num_test=d.synthetic_test)
+        path = demo / "train.jsonl"
+    elif d.train:
+        path = pathlib.Path(d.train).expanduser()
+    else:
+        raise ValueError("config.data.train is empty and config.data.synthetic is False: expected a JSONL file")
+    return storage.ensure_dataset(path, cache / "records", num_shards=d.num_shards), path
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _maybe_initialize_distributed(config) -> None:
+    dist = config.distributed
+    if not dist.initialize:
+        return
+    kwargs = {}
+    if dist.coordinator_address:
+        kwargs.update(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
+                      process_id=dist.process_id)
+    if dist.local_device_count > 0:
+        kwargs["local_device_ids"] = list(range(dist.local_device_count))
+    jax.distributed.initialize(**kwargs)
+
+
+def _fingerprint(cfg: LlamaConfig, config) -> dict:
+    model = dataclasses.asdict(cfg)
+    model.pop("remat_policy")  # changing remat does not change what is stored
+    model.pop("dtype")
+    return {"model": model, "init_from": config.model.init_from, "seed": config.seed,
+            "global_batch_size": config.train.global_batch_size}
+
+
+class _Stop:
+    """SIGTERM (a preempted TPU VM, SLURM's timeout) asks the loop to checkpoint and exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config, workdir: str | os.PathLike, devices: list | None = None) -> list[dict]:
+    """Runs (or resumes) the job; returns the metrics logged by this call, one dict per step."""
+    _maybe_initialize_distributed(config)
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    init_path = resolve_model_path(config.model.init_from)
+    tokenizer = load_tokenizer(config, init_path)
+    original_len = len(tokenizer)
+    special = formatting.add_special_tokens(tokenizer)
+    special_ids = sorted(special.values())
+    if is_main:
+        _save_tokenizer(tokenizer, workdir / "tokenizer")
+    cfg = model_config(config, init_path, len(tokenizer))
+    model = LlamaForCausalLM(cfg)
+
+    d = config.data
+    source, data_path = prepare_data(config, workdir, tokenizer)
+    mesh = sharding.make_mesh(tuple(config.mesh.shape), devices)
+    rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
+    order = storage.BatchOrder(len(source), config.train.global_batch_size, seed=config.seed,
+                               process_index=jax.process_index(), process_count=jax.process_count())
+    num_steps = config.train.num_steps or config.train.num_epochs * order.steps_per_epoch
+    formatter = formatting.Formatter(tokenizer, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens)
+    batches = Batches(source, order, formatter, d.group_size, d.thought_dropout, config.seed)
+
+    schedule = make_schedule(config.optimizer, num_steps)
+    tx = make_optimizer(config.optimizer, schedule)
+
+    # Shardings: the full parameter tree from its logical axes, then the trainable / frozen views.
+    full_shardings = sharding.logical_to_shardings(abstract_params(cfg), mesh, rules)
+    abstract_full = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract_params(cfg)), full_shardings)
+    abstract_train, abstract_frozen = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train_shardings = _match_shardings(abstract_train, full_shardings, cfg, replicated)
+    frozen_shardings = _match_shardings(abstract_frozen, full_shardings, cfg, replicated)
+    abstract_train = jax.tree_util.tree_map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract_train, train_shardings)
+    # Adam's moments follow their parameters: let the compiler propagate the shardings.
+    opt_shardings = jax.jit(tx.init).lower(abstract_train).compile().output_shardings
+    state_shardings = {"params": train_shardings, "opt_state": opt_shardings, "step": replicated}
+
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.train.checkpoint_every,
+                        keep=config.train.keep_checkpoints, async_save=True,
+                        config_fingerprint=_fingerprint(cfg, config))
+    data_fp = storage.fingerprint(data_path)["sha256"]
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        frozen, state, start = _initial_state(
+            config, cfg, init_path, original_len, special_ids, tx, ckpt, state_shardings, frozen_shardings,
+            full_shardings, data_fp)
+        step_fn = jax.jit(
+            make_train_step(model, tx, schedule, config.loss, special_ids, config.train.microbatches),
+            in_shardings=(state_shardings, frozen_shardings, NamedSharding(mesh, BATCH_AXES)),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        history = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt,
+                        data_fp, is_main, trainable.count(abstract_train))
+    ckpt.wait()
+    ckpt.close()
+    return history
+
+
+def _save_tokenizer(tokenizer, out: pathlib.Path) -> None:
+    import shutil
+    import tempfile
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _match_shardings(abstract_tree, full_shardings, cfg, replicated):
+    """Sharding of each trainable/frozen leaf: the full parameter's, replicated for the special rows."""
+    if not isinstance(abstract_tree, dict) or not abstract_tree:
+        return jax.tree_util.tree_map(lambda _: replicated, abstract_tree)
+    import flax.traverse_util as traverse
+
+    full_flat = traverse.flatten_dict(full_shardings)
+    if any(isinstance(v, dict) for v in abstract_tree.values()):  # a nested parameter tree
+        return traverse.unflatten_dict({k: full_flat[k] for k in traverse.flatten_dict(abstract_tree)})
+    return {k: replicated if k == trainable.SPECIAL_ROWS else full_flat[tuple(k.split("/"))]
+            for k in abstract_tree}
+
+
+def _initial_state(config, cfg, init_path, original_len, special_ids, tx, ckpt, state_shardings,
+                   frozen_shardings, full_shardings, data_fp):
+    """(frozen, state, start_step): own checkpoint, else init_from, else fresh."""
+    latest = ckpt.latest_step()
+    full = None
+    if latest is None or cfg.lora_rank:
+        # The frozen backbone under LoRA is not checkpointed: it is rebuilt the same way.
+        full = _initial_params(config, cfg, init_path, original_len, special_ids, full_shardings)
+    split = jax.jit(lambda p: trainable.split(p, cfg, special_ids),
+                    out_shardings=(state_shardings["params"], frozen_shardings))
+    if full is not None:
+        params, frozen = split(full)
+        del full
+    if latest is not None:
+        abstract = jax.tree_util.tree_map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            _abstract_state(cfg, special_ids, tx), state_shardings)
+        state, meta = ckpt.restore(latest, abstract)
+        if meta.get("data_sha256") != data_fp:
+            raise ValueError(
+                f"{ckpt.directory}: checkpoint {latest} was trained on data with sha256 {meta.get('data_sha256')}, "
+                f"but {config.data.train or 'the synthetic data'} now has {data_fp}; resuming would not see the "
+                "same batches (use a new workdir)")
+        if not cfg.lora_rank:
+            frozen = {}
+        if jax.process_index() == 0:
+            print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
+        return frozen, state, latest
+    opt_state = jax.jit(tx.init, out_shardings=state_shardings["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings["step"])
+    return frozen, {"params": params, "opt_state": opt_state, "step": step}, 0
+
+
+def _abstract_state(cfg, special_ids, tx):
+    abstract_full = nn.unbox(abstract_params(cfg))
+    abstract_train, _ = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
+    return {"params": abstract_train, "opt_state": jax.eval_shape(tx.init, abstract_train),
+            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+
+
+def _initial_params(config, cfg, init_path, original_len, special_ids, full_shardings):
+    if init_path is None:
+        model = LlamaForCausalLM(cfg)
+        init = jax.jit(lambda r: nn.unbox(model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
+                       out_shardings=full_shardings)
+        return init(jax.random.key(config.seed))
+    base_cfg = convert.read_config(init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                   lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.tree_util.tree_leaves(full_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0].mesh
+    base_shardings = sharding.logical_to_shardings(abstract_params(base_cfg), mesh, rules)
+    _, params = convert.load_pretrained(init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                        shardings=base_shardings, lora_seed=config.seed,
+                                        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                        lora_targets=cfg.lora_targets)
+    known = min(original_len, base_cfg.vocab_size)
+    resize = jax.jit(lambda p: trainable.resize_vocab(p, base_cfg, cfg.vocab_size, special_ids, known)[0],
+                     out_shardings=full_shardings)
+    return resize(params)
+
+
+def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt, data_fp, is_main,
+          num_trainable) -> list[dict]:
+    batch_sharding = NamedSharding(mesh, BATCH_AXES)
+    history: list[dict] = []
+    peak = peak_flops_per_device()
+    compiled = None
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=True, purge_step=start or None)
+    if is_main:
+        print(f"training steps {start}..{num_steps} on {jax.device_count()} device(s), mesh "
+              f"{dict(mesh.shape)}, {num_trainable:,} trainable parameters", flush=True)
+    bar = ProgressBar(num_steps, initial=start, enabled=is_main)
+
+    def meta(step):
+        return {"step": step, "seed": config.seed, "data_sha256": data_fp,
+                "epoch": step // batches.order.steps_per_epoch}
+
+    with _Stop() as stop:
+        for step, local in batches.iterate(start, num_steps):
+            batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+            if compiled is None:  # compiled once; its cost analysis gives the FLOPs for MFU
+                compiled = step_fn.lower(state, frozen, batch).compile()
+                flops = _flops(compiled)
+                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+            window_tokens += int(local["query_mask"].sum() + local["doc_mask"].sum()) * jax.process_count()
+            state, metrics = compiled(state, frozen, batch)
+            window_steps += 1
+            done = step + 1
+            if done % config.train.log_every == 0 or done == num_steps or done == start + 1:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                metrics["tokens_per_sec"] = window_tokens / elapsed
+                metrics["seconds_per_step"] = elapsed / window_steps
+                m = mfu(flops, elapsed / window_steps, peak, jax.device_count()) if flops else None
+                if m is not None:
+                    metrics["mfu"] = m
+                writer.write(done, metrics)
+                history.append({"step": done, **metrics})
+                bar.update(done, {"loss": metrics["loss"]})
+                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+            if stop.requested:
+                logging.warning("SIGTERM: saving a checkpoint at step %d and stopping", done)
+                ckpt.save(done, state, meta(done))
+                break
+            ckpt.maybe_save(done, state, meta(done))
+        else:
+            if num_steps > start:
+                ckpt.save(num_steps, state, meta(num_steps))
+    bar.close()
+    writer.close()
+    return history
+
+
+def _flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is best effort on some backends
+        return None
