@@ -79,6 +79,7 @@ def main() -> None:
     if args.repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be at least 1 (o1_jax compiles during warm-up)")
 
+    load_before = os.getloadavg()[0]  # other work on the machine skews CPU timings: report it
     path = fetch.fetch(MODEL)
     model, params = hf.load_pretrained(path, dtype=args.dtype)
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -138,7 +139,9 @@ def main() -> None:
     rel = max(abs(a - torch_fwd_loss) / abs(torch_fwd_loss) for a in checks.values())
     losses_agree = rel <= LOSS_RTOL
 
+    load_after = os.getloadavg()[0]
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(f"1-min load average: {load_before:.2f} at start, {load_after:.2f} at end")
     print(
         f"versions: jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"(threads {torch.get_num_threads()}, attention {torch_model.config._attn_implementation}), "
@@ -176,6 +179,7 @@ def main() -> None:
         out = {
             "args": vars(args),
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "load_average_1min": {"start": load_before, "end": load_after},
             "torch_threads": torch.get_num_threads(),
             "torch_attention": torch_model.config._attn_implementation,
             "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},

@@ -33,7 +33,7 @@ from o1_jax.data import formatting, storage
 from o1_jax.data.synthetic import make_tokenizer, write_demo_data
 from o1_jax.hf import convert, fetch
 from o1_jax.metrics import MetricWriter, ProgressBar, mfu, peak_flops_per_device
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params
+from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params, param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids
             metrics = jax.tree_util.tree_map(lambda m: m / microbatches, metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step
@@ -250,8 +250,15 @@ class _Stop:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config, workdir: str | os.PathLike, devices: list | None = None) -> list[dict]:
-    """Runs (or resumes) the job; returns the metrics logged by this call, one dict per step."""
+@dataclasses.dataclass
+class TrainResult:
+    history: list[dict]  # the metrics this call logged, one dict per logged step
+    state: dict  # the final train state: params (the trainable ones), opt_state, step
+    frozen: dict  # the frozen backbone under LoRA, else {}
+
+
+def train(config, workdir: str | os.PathLike, devices: list | None = None) -> TrainResult:
+    """Runs (or resumes) the job in `workdir`, on `devices` (default: all)."""
     _maybe_initialize_distributed(config)
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
@@ -284,7 +291,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> li
     # Shardings: the full parameter tree from its logical axes, then the trainable / frozen views.
     full_shardings = sharding.logical_to_shardings(abstract_params(cfg), mesh, rules)
     abstract_full = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract_params(cfg)), full_shardings)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), param_shapes(cfg), full_shardings)
     abstract_train, abstract_frozen = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
     replicated = NamedSharding(mesh, PartitionSpec())
     train_shardings = _match_shardings(abstract_train, full_shardings, cfg, replicated)
@@ -292,7 +299,9 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> li
     abstract_train = jax.tree_util.tree_map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract_train, train_shardings)
     # Adam's moments follow their parameters: let the compiler propagate the shardings.
-    opt_shardings = jax.jit(tx.init).lower(abstract_train).compile().output_shardings
+    opt_shardings = jax.tree_util.tree_map(
+        lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else replicated,
+        jax.jit(tx.init).lower(abstract_train).compile().output_shardings)
     state_shardings = {"params": train_shardings, "opt_state": opt_shardings, "step": replicated}
 
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.train.checkpoint_every,
@@ -310,11 +319,11 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> li
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
         )
-        history = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt,
-                        data_fp, is_main, trainable.count(abstract_train))
+        history, state = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt,
+                               data_fp, is_main, trainable.count(abstract_train))
     ckpt.wait()
     ckpt.close()
-    return history
+    return TrainResult(history, state, frozen)
 
 
 def _save_tokenizer(tokenizer, out: pathlib.Path) -> None:
@@ -375,7 +384,7 @@ def _initial_state(config, cfg, init_path, original_len, special_ids, tx, ckpt, 
 
 
 def _abstract_state(cfg, special_ids, tx):
-    abstract_full = nn.unbox(abstract_params(cfg))
+    abstract_full = param_shapes(cfg)
     abstract_train, _ = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
     return {"params": abstract_train, "opt_state": jax.eval_shape(tx.init, abstract_train),
             "step": jax.ShapeDtypeStruct((), jnp.int32)}
@@ -410,7 +419,7 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
     compiled = None
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=True, purge_step=start or None)
     if is_main:
-        print(f"training steps {start}..{num_steps} on {jax.device_count()} device(s), mesh "
+        print(f"training steps {start}..{num_steps} on {mesh.devices.size} device(s), mesh "
               f"{dict(mesh.shape)}, {num_trainable:,} trainable parameters", flush=True)
     bar = ProgressBar(num_steps, initial=start, enabled=is_main)
 
@@ -434,7 +443,7 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 elapsed = time.perf_counter() - window_start
                 metrics["tokens_per_sec"] = window_tokens / elapsed
                 metrics["seconds_per_step"] = elapsed / window_steps
-                m = mfu(flops, elapsed / window_steps, peak, jax.device_count()) if flops else None
+                m = mfu(flops, elapsed / window_steps, peak, mesh.devices.size) if flops else None
                 if m is not None:
                     metrics["mfu"] = m
                 writer.write(done, metrics)
@@ -451,7 +460,7 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 ckpt.save(num_steps, state, meta(num_steps))
     bar.close()
     writer.close()
-    return history
+    return history, state
 
 
 def _flops(compiled) -> float | None:

@@ -22,7 +22,7 @@ import numpy as np
 from o1_jax.hf.safetensors_io import CheckpointReader, TensorSpec, write_checkpoint
 from o1_jax.models.config import LlamaConfig
 from o1_jax.models.lora import is_lora_path, merge_lora
-from o1_jax.models.llama import LlamaForCausalLM, abstract_params
+from o1_jax.models.llama import LlamaForCausalLM, abstract_params, param_shapes
 
 # Tensors HF checkpoints may carry that have no parameter here.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -85,7 +85,7 @@ def load_pretrained(
     folder = pathlib.Path(path)
     cfg = read_config(folder, dtype=dtype, param_dtype=param_dtype or dtype, **config_overrides)
     reader = CheckpointReader(folder)
-    abstract = nn.unbox(abstract_params(cfg))
+    abstract = param_shapes(cfg)
     target = np.dtype(cfg.weight_dtype)
 
     used: set[str] = set()
@@ -159,7 +159,7 @@ def _slice_reader(reader: CheckpointReader, path, num_layers: int, dtype: np.dty
 
 def check_params_match(cfg: LlamaConfig, params: dict) -> None:
     """Raises a clear error when `params` is not shaped like the model `cfg` describes."""
-    expected = {_path_names(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(cfg)))[0]}
+    expected = {_path_names(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(cfg))[0]}
     got = {_path_names(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     for path in sorted(set(expected) | set(got)):
         name = "/".join(path)

@@ -271,3 +271,10 @@ def abstract_params(cfg: LlamaConfig):
     model = LlamaForCausalLM(cfg)
     ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
     return jax.eval_shape(lambda r, i: model.init(r, i), jax.random.key(0), ids)["params"]
+
+
+def param_shapes(cfg: LlamaConfig):
+    """`abstract_params` without the logical-axis boxes (safe inside a mesh context)."""
+    return jax.tree_util.tree_map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+        abstract_params(cfg), is_leaf=lambda x: isinstance(x, nn.Partitioned))
