@@ -35,6 +35,13 @@ _REMAT_POLICIES = {
 class CausalLMOutput:
     logits: jax.Array | None  # [B, T, V], or None when not asked for
     last_hidden_state: jax.Array  # [B, T, D], after the final norm
+    cache: dict | None = None  # the updated KV cache when one was passed in
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int) -> dict:
+    """An empty KV cache: `k`, `v` `[L, B, S, K, H]` in the compute dtype."""
+    shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_size)
+    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
 
 
 def _init(cfg: LlamaConfig, axes: tuple[str, ...]):
@@ -81,15 +88,18 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def attention_bias_mask(cfg: LlamaConfig, attention_mask: jax.Array) -> jax.Array:
-    """Boolean `[B, 1, 1, T, S]`: key s is visible to query t (causal, not padding, in window)."""
-    t = attention_mask.shape[-1]
-    q_idx = jnp.arange(t)[:, None]
-    k_idx = jnp.arange(t)[None, :]
-    visible = k_idx <= q_idx
+def attention_bias_mask(cfg: LlamaConfig, key_mask: jax.Array, num_queries: int, offset=0) -> jax.Array:
+    """Boolean `[B, 1, 1, T, S]`: key slot s is visible to query t, which sits at slot offset + t.
+
+    Visible = causal in slot order, not padding (`key_mask [B, S]`), inside the sliding window.
+    Without a cache, offset = 0 and S = T; with one, S is the cache length.
+    """
+    q_slot = offset + jnp.arange(num_queries)[:, None]
+    k_slot = jnp.arange(key_mask.shape[-1])[None, :]
+    visible = k_slot <= q_slot
     if cfg.sliding_window is not None:
-        visible &= q_idx - k_idx < cfg.sliding_window
-    visible = visible[None] & attention_mask.astype(bool)[:, None, :]  # [B, T, S]
+        visible &= q_slot - k_slot < cfg.sliding_window
+    visible = visible[None] & key_mask.astype(bool)[:, None, :]  # [B, T, S]
     return visible[:, None, None]
 
 
@@ -146,7 +156,7 @@ class Attention(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, cache_index, cache):
         cfg = self.cfg
         b, t, _ = x.shape
         n, k, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
@@ -155,6 +165,10 @@ class Attention(nn.Module):
         kk = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "k_proj")(x).reshape(b, t, k, h)
         v = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "v_proj")(x).reshape(b, t, k, h)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
+        if cache is not None:  # write the new keys/values at their slots, attend over the whole cache
+            kk = jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+            cache = {"k": kk, "v": v}
 
         # Grouped-query attention without repeating K/V: query heads grouped per kv head.
         q = q.reshape(b, t, k, n // k, h)
@@ -163,7 +177,7 @@ class Attention(nn.Module):
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n * h)
-        return _dense(cfg, cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, "o_proj")(out)
+        return _dense(cfg, cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, "o_proj")(out), cache
 
 
 class MLP(nn.Module):
@@ -181,11 +195,13 @@ class DecoderLayer(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, cache_index, cache):
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        x = x + Attention(self.cfg, name="self_attn")(RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask)
+        attn, cache = Attention(self.cfg, name="self_attn")(
+            RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask, cache_index, cache)
+        x = x + attn
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attention_layernorm")(x))
-        return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+        return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
 
 
 def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
@@ -196,7 +212,7 @@ def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
         layer,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),  # cache: one slice per layer
         length=cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
@@ -219,20 +235,22 @@ class LlamaModel(nn.Module):
         self.layers = _scanned_layers(cfg)
         self.norm = RMSNorm(cfg)
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None):
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None, cache_index=0):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if position_ids is None:
+            if cache is not None:
+                raise ValueError("with a KV cache, position_ids must be given (the cache does not know them)")
             position_ids = default_positions(attention_mask)
         cos, sin = rope_cos_sin(self.cfg, position_ids)
-        mask = attention_bias_mask(self.cfg, attention_mask)
+        mask = attention_bias_mask(self.cfg, attention_mask, input_ids.shape[1], cache_index)
         x = self.embed_tokens(input_ids).astype(self.cfg.compute_dtype)
-        x, _ = self.layers(x, cos, sin, mask)
-        return self.norm(x)
+        x, cache = self.layers(x, cos, sin, mask, cache_index, cache)
+        return self.norm(x), cache
 
 
 class LlamaForCausalLM(nn.Module):
-    """`apply({"params": p}, ids, attention_mask=m)` -> CausalLMOutput(logits, last_hidden_state).
+    """`apply({"params": p}, ids, attention_mask=m)` -> CausalLMOutput(logits, last_hidden_state, cache).
 
     `compute_logits=False` skips the LM head (the embedder needs only a hidden state);
     `method=LlamaForCausalLM.logits_from_hidden` applies it to hidden states picked later.
@@ -245,10 +263,14 @@ class LlamaForCausalLM(nn.Module):
         if not self.cfg.tie_word_embeddings:
             self.lm_head = _dense(self.cfg, self.cfg.vocab_size, ("embed", "vocab"), False, "lm_head")
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, compute_logits: bool = True):
-        hidden = self.model(input_ids, attention_mask, position_ids)
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, compute_logits: bool = True,
+                 cache=None, cache_index=0):
+        """With `cache` (from `init_cache`), `input_ids [B, T]` are written at slots
+        `cache_index .. cache_index+T-1`, `attention_mask [B, S]` covers every cache slot, and
+        `position_ids [B, T]` are required; the output carries the updated cache."""
+        hidden, cache = self.model(input_ids, attention_mask, position_ids, cache, cache_index)
         logits = self.logits_from_hidden(hidden) if compute_logits else None
-        return CausalLMOutput(logits=logits, last_hidden_state=hidden)
+        return CausalLMOutput(logits=logits, last_hidden_state=hidden, cache=cache)
 
     def logits_from_hidden(self, hidden):
         """LM head on hidden states `[..., D]` -> logits `[..., V]` in float32."""

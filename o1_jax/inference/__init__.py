@@ -1,0 +1,1 @@
+"""Thinking, embedding and the Python API of a trained O1 embedder."""

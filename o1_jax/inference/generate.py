@@ -1,0 +1,122 @@
+"""Batched generation with a KV cache, and thinking + embedding in one pass.
+
+One prefill over the (left-padded) prompts, then a compiled `lax.while_loop` that feeds one
+token per step and stops when every row has emitted `<eos>` or `max_new_tokens` is reached.
+With `embed=True`, `<eos><emb>` is then fed through the same cache and the hidden state at
+`<emb>` is the query embedding: the original decoded the thought to text, re-tokenised it and
+ran a second full forward pass; here the thought's keys and values are reused.
+
+Cache slots: the prompt occupies [0, P); generated token t goes to slot P + t. A row that has
+finished stops writing visible slots (its key mask stays 0 there), and RoPE positions are
+counted per row, so every row sees exactly `prompt + thought (+ <eos><emb>)`, contiguous.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from o1_jax.losses import l2_normalize
+from o1_jax.models.llama import LlamaForCausalLM, default_positions, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: expected at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature={self.temperature}, top_p={self.top_p}: expected >= 0 and (0, 1]")
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
+    """Greedy, or temperature + nucleus (top-p) sampling, from logits `[B, V]`."""
+    if sampling.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if sampling.top_p < 1:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+        keep = jnp.cumsum(probs, axis=-1) - probs < sampling.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool):
+    """One jitted function per (model, sampling, embed); shapes add their own compilations."""
+
+    def run(params, prompt_ids, prompt_mask, rng, eos_id, pad_id, emb_id):
+        b, p = prompt_ids.shape
+        n = sampling.max_new_tokens
+        cache = init_cache(model.cfg, b, p + n + (2 if embed else 0))
+        key_mask = jnp.zeros((b, cache["k"].shape[2]), jnp.int32).at[:, :p].set(prompt_mask)
+        prompt_len = prompt_mask.sum(-1).astype(jnp.int32)
+
+        def forward(ids, positions, key_mask, cache, index, logits=True):
+            out = model.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
+                              compute_logits=False, cache=cache, cache_index=index)
+            last = out.last_hidden_state[:, -1]
+            if logits:
+                last = model.apply({"params": params}, last, method=LlamaForCausalLM.logits_from_hidden)
+            return last, out.cache
+
+        logits, cache = forward(prompt_ids, default_positions(prompt_mask), key_mask, cache, 0)
+        rng, sub = jax.random.split(rng)
+        tok = sample_token(logits, sub, sampling)
+        tokens = jnp.full((b, n), pad_id, jnp.int32)
+        state = (jnp.int32(0), tok, jnp.zeros((b,), bool), tokens, cache, key_mask, rng)
+
+        def cond(state):
+            t, _, done, *_ = state
+            return (t < n) & ~jnp.all(done)
+
+        def body(state):
+            t, tok, done, tokens, cache, key_mask, rng = state
+            finished = done | (tok == eos_id)
+            tokens = tokens.at[:, t].set(jnp.where(done, pad_id, tok))
+            key_mask = jax.lax.dynamic_update_slice(key_mask, (~finished).astype(jnp.int32)[:, None], (0, p + t))
+            logits, cache = forward(tok[:, None], (prompt_len + t)[:, None], key_mask, cache, p + t)
+            rng, sub = jax.random.split(rng)
+            return t + 1, sample_token(logits, sub, sampling), finished, tokens, cache, key_mask, rng
+
+        t, _, _, tokens, cache, key_mask, _ = jax.lax.while_loop(cond, body, state)
+        thought_len = _first(tokens, eos_id, n)  # everything before a row's first <eos>
+        result = {"tokens": tokens, "lengths": thought_len}
+        if embed:
+            tail = jnp.stack([jnp.full((b,), eos_id), jnp.full((b,), emb_id)], axis=1).astype(jnp.int32)
+            key_mask = jax.lax.dynamic_update_slice(key_mask, jnp.ones((b, 2), jnp.int32), (0, p + t))
+            positions = (prompt_len + thought_len)[:, None] + jnp.arange(2)[None]
+            hidden, _ = forward(tail, positions, key_mask, cache, p + t, logits=False)
+            result["embeddings"] = l2_normalize(hidden)
+        return result
+
+    return jax.jit(run)
+
+
+def _first(tokens: jax.Array, value, n: int) -> jax.Array:
+    """Index of the first `value` in each row, or n."""
+    hit = tokens == value
+    return jnp.where(hit.any(-1), jnp.argmax(hit, axis=-1), n).astype(jnp.int32)
+
+
+def generate(model: LlamaForCausalLM, params, prompt_ids, prompt_mask, rng, sampling: Sampling, *,
+             eos_id: int, pad_id: int, emb_id: int | None = None) -> dict:
+    """Generates up to `sampling.max_new_tokens` per left-padded prompt row.
+
+    Returns `tokens [B, N]` (pad after a row's `<eos>`), `lengths [B]` (tokens before `<eos>`)
+    and, when `emb_id` is given, `embeddings [B, D]`: the L2-normalised hidden state at `<emb>`
+    after `prompt + thought + <eos><emb>`, computed through the same KV cache.
+    """
+    fn = _compiled(model, sampling, emb_id is not None)
+    return fn(params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), rng,
+              jnp.int32(eos_id), jnp.int32(pad_id), jnp.int32(emb_id if emb_id is not None else 0))
