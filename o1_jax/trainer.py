@@ -257,34 +257,42 @@ class TrainResult:
     frozen: dict  # the frozen backbone under LoRA, else {}
 
 
-def train(config, workdir: str | os.PathLike, devices: list | None = None) -> TrainResult:
-    """Runs (or resumes) the job in `workdir`, on `devices` (default: all)."""
-    _maybe_initialize_distributed(config)
-    workdir = pathlib.Path(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass
+class Run:
+    """Everything about a run that does not depend on the data: model, tokenizer, mesh, shardings."""
 
+    config: Any
+    cfg: LlamaConfig
+    model: LlamaForCausalLM
+    tokenizer: Any
+    special_ids: list[int]
+    original_vocab: int  # the tokenizer's size before the O1 special tokens were added
+    init_path: pathlib.Path | None
+    mesh: Any
+    rules: tuple
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    full_shardings: Any
+    state_shardings: dict
+    frozen_shardings: Any
+    num_trainable: int
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def checkpointer(self, workdir: pathlib.Path) -> Checkpointer:
+        t = self.config.train
+        return Checkpointer(workdir / "checkpoints", save_every=t.checkpoint_every, keep=t.keep_checkpoints,
+                            async_save=True, config_fingerprint=_fingerprint(self.cfg, self.config))
+
+
+def build_run(config, tokenizer, original_vocab: int, num_steps: int, devices=None) -> Run:
     init_path = resolve_model_path(config.model.init_from)
-    tokenizer = load_tokenizer(config, init_path)
-    original_len = len(tokenizer)
-    special = formatting.add_special_tokens(tokenizer)
-    special_ids = sorted(special.values())
-    if is_main:
-        _save_tokenizer(tokenizer, workdir / "tokenizer")
+    special_ids = sorted(formatting.add_special_tokens(tokenizer).values())
     cfg = model_config(config, init_path, len(tokenizer))
-    model = LlamaForCausalLM(cfg)
-
-    d = config.data
-    source, data_path = prepare_data(config, workdir, tokenizer)
     mesh = sharding.make_mesh(tuple(config.mesh.shape), devices)
     rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
-    order = storage.BatchOrder(len(source), config.train.global_batch_size, seed=config.seed,
-                               process_index=jax.process_index(), process_count=jax.process_count())
-    num_steps = config.train.num_steps or config.train.num_epochs * order.steps_per_epoch
-    formatter = formatting.Formatter(tokenizer, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens)
-    batches = Batches(source, order, formatter, d.group_size, d.thought_dropout, config.seed)
-
     schedule = make_schedule(config.optimizer, num_steps)
     tx = make_optimizer(config.optimizer, schedule)
 
@@ -303,27 +311,88 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
         lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else replicated,
         jax.jit(tx.init).lower(abstract_train).compile().output_shardings)
     state_shardings = {"params": train_shardings, "opt_state": opt_shardings, "step": replicated}
+    return Run(config, cfg, LlamaForCausalLM(cfg), tokenizer, special_ids, original_vocab, init_path, mesh, rules,
+               tx, schedule, full_shardings, state_shardings, frozen_shardings, trainable.count(abstract_train))
 
-    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.train.checkpoint_every,
-                        keep=config.train.keep_checkpoints, async_save=True,
-                        config_fingerprint=_fingerprint(cfg, config))
+
+def train(config, workdir: str | os.PathLike, devices: list | None = None) -> TrainResult:
+    """Runs (or resumes) the job in `workdir`, on `devices` (default: all)."""
+    _maybe_initialize_distributed(config)
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = load_tokenizer(config, resolve_model_path(config.model.init_from))
+    original_vocab = len(tokenizer)
+    formatting.add_special_tokens(tokenizer)
+    d = config.data
+    source, data_path = prepare_data(config, workdir, tokenizer)
+    order = storage.BatchOrder(len(source), config.train.global_batch_size, seed=config.seed,
+                               process_index=jax.process_index(), process_count=jax.process_count())
+    num_steps = config.train.num_steps or config.train.num_epochs * order.steps_per_epoch
+    formatter = formatting.Formatter(tokenizer, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens)
+    batches = Batches(source, order, formatter, d.group_size, d.thought_dropout, config.seed)
+
+    run = build_run(config, tokenizer, original_vocab, num_steps, devices)
+    if is_main:
+        _save_tokenizer(tokenizer, workdir / "tokenizer")
+        _atomic_write_json(workdir / RUN_CONFIG, {"config": config.to_dict(), "original_vocab": original_vocab})
+    ckpt = run.checkpointer(workdir)
     data_fp = storage.fingerprint(data_path)["sha256"]
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        frozen, state, start = _initial_state(
-            config, cfg, init_path, original_len, special_ids, tx, ckpt, state_shardings, frozen_shardings,
-            full_shardings, data_fp)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        frozen, state, start = _initial_state(run, ckpt, data_fp)
         step_fn = jax.jit(
-            make_train_step(model, tx, schedule, config.loss, special_ids, config.train.microbatches),
-            in_shardings=(state_shardings, frozen_shardings, NamedSharding(mesh, BATCH_AXES)),
-            out_shardings=(state_shardings, replicated),
+            make_train_step(run.model, run.tx, run.schedule, config.loss, run.special_ids, config.train.microbatches),
+            in_shardings=(run.state_shardings, run.frozen_shardings, NamedSharding(run.mesh, BATCH_AXES)),
+            out_shardings=(run.state_shardings, run.replicated),
             donate_argnums=(0,),
         )
-        history, state = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt,
-                               data_fp, is_main, trainable.count(abstract_train))
+        history, state = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, run.mesh, ckpt,
+                               data_fp, is_main, run.num_trainable)
     ckpt.wait()
     ckpt.close()
     return TrainResult(history, state, frozen)
+
+
+RUN_CONFIG = "run_config.json"
+
+
+def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices=None):
+    """(model, full params, tokenizer, config) of a run's latest (or given) checkpoint, LoRA unmerged."""
+    import ml_collections
+    import transformers
+
+    workdir = pathlib.Path(workdir)
+    for needed in (RUN_CONFIG, "tokenizer", "checkpoints"):
+        if not (workdir / needed).exists():
+            raise FileNotFoundError(f"{workdir}: no {needed} (expected the workdir of a `python -m o1_jax.train` run)")
+    saved = json.loads((workdir / RUN_CONFIG).read_text())
+    config = ml_collections.ConfigDict(saved["config"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "tokenizer")
+    run = build_run(config, tokenizer, saved["original_vocab"], num_steps=1, devices=devices)
+    ckpt = run.checkpointer(workdir)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no finished checkpoint to restore")
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        abstract = jax.tree_util.tree_map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            _abstract_state(run.cfg, run.special_ids, run.tx), run.state_shardings)
+        state, _ = ckpt.restore(step, abstract)
+        frozen = {}
+        if run.cfg.lora_rank:
+            _, frozen = trainable.split(_initial_params(run), run.cfg, run.special_ids)
+        params = trainable.combine(state["params"], frozen, run.special_ids)
+    ckpt.close()
+    return run.model, params, tokenizer, config
+
+
+def _atomic_write_json(path: pathlib.Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _save_tokenizer(tokenizer, out: pathlib.Path) -> None:
@@ -350,36 +419,30 @@ def _match_shardings(abstract_tree, full_shardings, cfg, replicated):
             for k in abstract_tree}
 
 
-def _initial_state(config, cfg, init_path, original_len, special_ids, tx, ckpt, state_shardings,
-                   frozen_shardings, full_shardings, data_fp):
+def _initial_state(run: Run, ckpt: Checkpointer, data_fp: str):
     """(frozen, state, start_step): own checkpoint, else init_from, else fresh."""
     latest = ckpt.latest_step()
-    full = None
-    if latest is None or cfg.lora_rank:
+    frozen = {}
+    if latest is None or run.cfg.lora_rank:
         # The frozen backbone under LoRA is not checkpointed: it is rebuilt the same way.
-        full = _initial_params(config, cfg, init_path, original_len, special_ids, full_shardings)
-    split = jax.jit(lambda p: trainable.split(p, cfg, special_ids),
-                    out_shardings=(state_shardings["params"], frozen_shardings))
-    if full is not None:
-        params, frozen = split(full)
-        del full
+        split = jax.jit(lambda p: trainable.split(p, run.cfg, run.special_ids),
+                        out_shardings=(run.state_shardings["params"], run.frozen_shardings))
+        params, frozen = split(_initial_params(run))
     if latest is not None:
         abstract = jax.tree_util.tree_map(
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-            _abstract_state(cfg, special_ids, tx), state_shardings)
+            _abstract_state(run.cfg, run.special_ids, run.tx), run.state_shardings)
         state, meta = ckpt.restore(latest, abstract)
         if meta.get("data_sha256") != data_fp:
             raise ValueError(
                 f"{ckpt.directory}: checkpoint {latest} was trained on data with sha256 {meta.get('data_sha256')}, "
-                f"but {config.data.train or 'the synthetic data'} now has {data_fp}; resuming would not see the "
-                "same batches (use a new workdir)")
-        if not cfg.lora_rank:
-            frozen = {}
+                f"but {run.config.data.train or 'the synthetic data'} now has {data_fp}; resuming would not see "
+                "the same batches (use a new workdir)")
         if jax.process_index() == 0:
             print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
         return frozen, state, latest
-    opt_state = jax.jit(tx.init, out_shardings=state_shardings["opt_state"])(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings["step"])
+    opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), run.state_shardings["step"])
     return frozen, {"params": params, "opt_state": opt_state, "step": step}, 0
 
 
@@ -390,24 +453,21 @@ def _abstract_state(cfg, special_ids, tx):
             "step": jax.ShapeDtypeStruct((), jnp.int32)}
 
 
-def _initial_params(config, cfg, init_path, original_len, special_ids, full_shardings):
-    if init_path is None:
-        model = LlamaForCausalLM(cfg)
-        init = jax.jit(lambda r: nn.unbox(model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
-                       out_shardings=full_shardings)
-        return init(jax.random.key(config.seed))
-    base_cfg = convert.read_config(init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                   lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
-    rules = nn.get_logical_axis_rules()
-    mesh = jax.tree_util.tree_leaves(full_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0].mesh
-    base_shardings = sharding.logical_to_shardings(abstract_params(base_cfg), mesh, rules)
-    _, params = convert.load_pretrained(init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                        shardings=base_shardings, lora_seed=config.seed,
-                                        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                        lora_targets=cfg.lora_targets)
-    known = min(original_len, base_cfg.vocab_size)
-    resize = jax.jit(lambda p: trainable.resize_vocab(p, base_cfg, cfg.vocab_size, special_ids, known)[0],
-                     out_shardings=full_shardings)
+def _initial_params(run: Run):
+    """Full parameters before training: `init_from` with the vocabulary grown, or a fresh init."""
+    cfg = run.cfg
+    if run.init_path is None:
+        init = jax.jit(lambda r: nn.unbox(run.model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
+                       out_shardings=run.full_shardings)
+        return init(jax.random.key(run.config.seed))
+    lora = dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
+    base_cfg = convert.read_config(run.init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype, **lora)
+    base_shardings = sharding.logical_to_shardings(abstract_params(base_cfg), run.mesh, run.rules)
+    _, params = convert.load_pretrained(run.init_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                        shardings=base_shardings, lora_seed=run.config.seed, **lora)
+    known = min(run.original_vocab, base_cfg.vocab_size)
+    resize = jax.jit(lambda p: trainable.resize_vocab(p, base_cfg, cfg.vocab_size, run.special_ids, known)[0],
+                     out_shardings=run.full_shardings)
     return resize(params)
 
 

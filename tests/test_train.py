@@ -200,3 +200,19 @@ def test_full_demo_trains_in_minutes(tmp_path):
     first, last = hist[0], hist[-1]
     assert last["loss"] < 0.5 * first["loss"]
     assert np.mean([h["accuracy"] for h in hist[-3:]]) > np.mean([h["accuracy"] for h in hist[:3]]) + 0.3
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_restore_trained_returns_the_final_parameters(tmp_path, lora):
+    changes = {"train.num_steps": 2}
+    if lora:
+        changes.update({"model.lora.rank": 2, "model.lora.targets": ("q_proj",)})
+    result = trainer.train(tiny_config(**changes), tmp_path / "w")
+    model, params, tokenizer, config = trainer.restore_trained(tmp_path / "w")
+    from o1_jax import trainable
+
+    expected = trainable.combine(result.state["params"], result.frozen, sorted(
+        tokenizer.convert_tokens_to_ids(["<query>", "</query>", "<thought>", "<emb>"])))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, expected)
+    assert model.cfg.lora_rank == (2 if lora else 0)
+    assert config.train.num_steps == 2
