@@ -1,0 +1,64 @@
+"""O1Embedder: the Python API over a trained workdir and over a plain HF folder."""
+
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from o1_jax import hf, objective
+from o1_jax.data import synthetic
+from o1_jax.inference.embedder import O1Embedder
+from o1_jax.inference.generate import Sampling
+from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A tiny random Llama with the synthetic tokenizer, saved as a plain HF folder (no O1 tokens)."""
+    tokenizer = synthetic.make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.2)
+    out = tmp_path_factory.mktemp("hf") / "tiny"
+    hf.save_pretrained(LlamaForCausalLM(cfg), init_params(cfg, jax.random.key(0)), out, tokenizer=tokenizer)
+    return out
+
+
+QUERIES = ["where does the friend of kamo rizel live ?", "what does the cousin of bane tosul do ?",
+           "where does the neighbour of kamo tosul live ?"]
+
+
+def test_a_plain_hf_model_gets_the_special_tokens(hf_folder):
+    emb = O1Embedder.from_pretrained(hf_folder, max_thought_tokens=6, batch_size=2)
+    assert len(emb.tokenizer) == len(transformers.AutoTokenizer.from_pretrained(hf_folder)) + 4
+    assert emb.model.cfg.vocab_size == len(emb.tokenizer)
+    rows = emb.params["model"]["embed_tokens"]["embedding"]
+    new = np.asarray(rows[emb.special["<emb>"]])
+    np.testing.assert_allclose(new, np.asarray(rows[: len(emb.tokenizer) - 4]).mean(0), atol=1e-6)
+
+
+def test_no_think_query_and_corpus_embeddings_match_the_training_formats(hf_folder):
+    emb = O1Embedder.from_pretrained(hf_folder, batch_size=2)
+    q = emb.encode_queries(QUERIES)
+    batch = emb.formatter.collate_queries(QUERIES)
+    ref = np.asarray(objective.embed(emb.model, emb.params, batch["query_ids"], batch["query_mask"]))
+    np.testing.assert_allclose(q, ref, atol=1e-5)
+    docs = [{"title": "bane tosul", "text": "lives in oslo ."}, "kamo rizel", {"title": "", "text": "a b c d e f"}]
+    d = emb.encode_corpus(docs)
+    batch = emb.formatter.collate_docs(docs)
+    ref = np.asarray(objective.embed(emb.model, emb.params, batch["doc_ids"], batch["doc_mask"]))
+    np.testing.assert_allclose(d, ref, atol=1e-5)  # sorted into buckets, returned in input order
+    np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, atol=1e-5)
+
+
+def test_thinking_embeddings_average_the_k_thoughts(hf_folder):
+    emb = O1Embedder.from_pretrained(hf_folder, max_thought_tokens=5, batch_size=4)
+    sampling = Sampling(max_new_tokens=5, temperature=1.0)
+    thoughts = emb.think(QUERIES, k=2, sampling=sampling, seed=3)
+    assert [len(t) for t in thoughts] == [2, 2, 2]
+    mean = emb.encode_queries(QUERIES, num_thoughts=2, sampling=sampling, seed=3, aggregate="mean")
+    normed = emb.encode_queries(QUERIES, num_thoughts=2, sampling=sampling, seed=3)
+    np.testing.assert_allclose(normed, mean / np.linalg.norm(mean, axis=-1, keepdims=True), atol=1e-5)
+    # Each per-thought vector is unit length, so the mean of two is at most 1 and equals 1 only if they agree.
+    assert (np.linalg.norm(mean, axis=-1) <= 1 + 1e-5).all()
+    with pytest.raises(ValueError, match="aggregate='max'"):
+        emb.encode_queries(QUERIES, num_thoughts=1, aggregate="max")
