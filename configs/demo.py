@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
     c.train.num_steps = 400
     c.train.log_every = 20
     c.train.checkpoint_every = 100
+    c.eval.at_end = True  # no-think vs think on the held-out people
     if arg == "short":  # the test-suite variant
         c.data.synthetic_train = 512
         c.model.fresh.num_hidden_layers = 2
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None):
         c.train.num_steps = 12
         c.train.log_every = 1
         c.train.checkpoint_every = 4
+        c.eval.max_queries = 16
     elif arg:
         raise ValueError(f"configs/demo.py: unknown variant {arg!r} (expected 'short' or nothing)")
     return c

@@ -51,6 +51,9 @@ def train_config() -> ml_collections.ConfigDict:
         global_batch_size=64, microbatches=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
         log_every=10, checkpoint_every=500, keep_checkpoints=3))
 
+    # Evaluation after the last step, on a BEIR folder ("" = the synthetic task's held-out split).
+    c.eval = ml_collections.ConfigDict(dict(at_end=False, beir="", split="test", num_thoughts=1, max_queries=0))
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     c.mesh.rules = tuple(DEFAULT_RULES)

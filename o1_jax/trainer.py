@@ -353,7 +353,31 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
                                data_fp, is_main, run.num_trainable)
     ckpt.wait()
     ckpt.close()
+    if config.eval.at_end and history:
+        evaluate_at_end(run, state, frozen, workdir, source_folder=data_path.parent)
     return TrainResult(history, state, frozen)
+
+
+def evaluate_at_end(run: Run, state, frozen, workdir: pathlib.Path, source_folder: pathlib.Path) -> dict | None:
+    """No-think vs think(k) retrieval on a BEIR folder with the parameters just trained."""
+    from o1_jax.inference.embedder import O1Embedder
+    from o1_jax.retrieval.evaluate import evaluate_beir, format_table
+
+    e, d = run.config.eval, run.config.data
+    if jax.process_count() > 1:  # the parameters are spread over processes
+        if jax.process_index() == 0:
+            print("eval.at_end: skipped in a multi-process run; use python -m o1_jax.evaluate on the workdir")
+        return None
+    folder = pathlib.Path(e.beir) if e.beir else source_folder
+    params = trainable.combine(state["params"], frozen, run.special_ids)
+    embedder = O1Embedder(run.model, params, run.tokenizer, max_query_tokens=d.max_query_tokens,
+                          max_thought_tokens=d.max_thought_tokens, max_doc_tokens=d.max_doc_tokens)
+    results = evaluate_beir(embedder, folder, e.split, num_thoughts=e.num_thoughts, max_queries=e.max_queries,
+                            seed=run.config.seed)
+    _atomic_write_json(workdir / "eval" / f"{folder.name}-{e.split}.json", results)
+    print(f"evaluation on {folder} ({e.split}, {results['num_queries']} queries):")
+    print(format_table(results), flush=True)
+    return results
 
 
 RUN_CONFIG = "run_config.json"
@@ -390,6 +414,7 @@ def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices
 
 
 def _atomic_write_json(path: pathlib.Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)

@@ -10,6 +10,7 @@ from o1_jax.defaults import train_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 VARIANTS = {"demo.py": [None, "short"], "smollm2_scifact.py": [None, "lora"]}
+TRAINING = {"demo.py", "smollm2_scifact.py"}  # built on o1_jax.defaults.train_config
 
 
 def _load(path):
@@ -39,7 +40,8 @@ def test_config_loads(path):
     for variant in VARIANTS.get(path.name, [None]):
         config = module.get_config(variant)
         assert isinstance(config, ml_collections.ConfigDict)
-        assert _keys(config) == defaults, f"{path.name}:{variant} adds or drops keys"
+        if path.name in TRAINING:
+            assert _keys(config) == defaults, f"{path.name}:{variant} adds or drops keys"
 
 
 def test_unknown_variant_is_an_error():
