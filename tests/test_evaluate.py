@@ -73,3 +73,23 @@ def test_scifact_qrels_load_for_evaluation(shared_data):
     corpus, queries, qrels = load_beir(shared_data / "scifact", "test")
     assert len(corpus) == 5183 and len(qrels) == 300
     assert all(q in queries for q in qrels)
+
+
+def test_index_build_and_search_commands(setup, tmp_path):
+    from o1_jax import index as index_cli
+
+    beir, model_dir = setup
+    assert index_cli.main(["build", "--model", str(model_dir), "--corpus", str(beir / "corpus.jsonl"),
+                           "--out", str(tmp_path / "idx")]) == 0
+    assert index_cli.main(["search", "--model", str(model_dir), "--index", str(tmp_path / "idx"),
+                           "--queries", str(beir / "queries.jsonl"), "--out", str(tmp_path / "run.trec"),
+                           "--top-k", "5"]) == 0
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert len(lines) == 12 * 5 and lines[0].split()[1:4:2] == ["Q0", "1"]
+    # The same index searched with another model's weights is refused.
+    other = tmp_path / "other"
+    emb = O1Embedder.from_pretrained(model_dir)
+    hf.save_pretrained(emb.model, jax.tree_util.tree_map(lambda x: x * 1.01, emb.params), other, tokenizer=emb.tokenizer)
+    code = index_cli.main(["search", "--model", str(other), "--index", str(tmp_path / "idx"),
+                           "--queries", str(beir / "queries.jsonl"), "--out", str(tmp_path / "r2.trec")])
+    assert code == 2 and not (tmp_path / "r2.trec").exists()
