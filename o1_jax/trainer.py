@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import queue
@@ -35,7 +34,6 @@ from o1_jax.hf import convert, fetch
 from o1_jax.metrics import MetricWriter, ProgressBar, mfu, peak_flops_per_device
 from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params, param_shapes
 
-log = logging.getLogger(__name__)
 
 BATCH_AXES = PartitionSpec(("data", "fsdp"))
 
@@ -536,7 +534,7 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 bar.update(done, {"loss": metrics["loss"]})
                 window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
             if stop.requested:
-                logging.warning("SIGTERM: saving a checkpoint at step %d and stopping", done)
+                print(f"SIGTERM: saving a checkpoint at step {done} and stopping", flush=True)
                 ckpt.save(done, state, meta(done))
                 break
             ckpt.maybe_save(done, state, meta(done))

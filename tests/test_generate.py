@@ -1,7 +1,6 @@
 """KV-cache generation and one-pass think+embed, against plain full forwards and transformers."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -22,7 +22,7 @@ import numpy as np
 from o1_jax.hf.safetensors_io import CheckpointReader, TensorSpec, write_checkpoint
 from o1_jax.models.config import LlamaConfig
 from o1_jax.models.lora import is_lora_path, merge_lora
-from o1_jax.models.llama import LlamaForCausalLM, abstract_params, param_shapes
+from o1_jax.models.llama import LlamaForCausalLM, param_shapes
 
 # Tensors HF checkpoints may carry that have no parameter here.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
