@@ -65,7 +65,10 @@ def logical_to_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
     """NamedShardings for a tree of `nn.LogicallyPartitioned` (e.g. from `abstract_params`)."""
     logical = nn.get_partition_spec(boxed_tree)
     mesh_specs = nn.logical_to_mesh(logical, rules)
-    shapes = jax.tree_util.tree_map(lambda x: x.shape, nn.unbox(boxed_tree))
+    # Not nn.unbox: inside a mesh context it would apply sharding constraints to abstract values.
+    shapes = jax.tree_util.tree_map(
+        lambda x: (x.value if isinstance(x, nn.Partitioned) else x).shape, boxed_tree,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned))
     return jax.tree_util.tree_map(
         lambda spec, shape: NamedSharding(mesh, _fit(spec, shape, mesh)),
         mesh_specs,

@@ -333,6 +333,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
     batches = Batches(source, order, formatter, d.group_size, d.thought_dropout, config.seed)
 
     run = build_run(config, tokenizer, original_vocab, num_steps, devices)
+    _check_batch(config, run.mesh)
     if is_main:
         _save_tokenizer(tokenizer, workdir / "tokenizer")
         _atomic_write_json(workdir / RUN_CONFIG, {"config": config.to_dict(), "original_vocab": original_vocab})
@@ -365,6 +366,9 @@ def evaluate_at_end(run: Run, state, frozen, workdir: pathlib.Path, source_folde
     if jax.process_count() > 1:  # the parameters are spread over processes
         if jax.process_index() == 0:
             print("eval.at_end: skipped in a multi-process run; use python -m o1_jax.evaluate on the workdir")
+        return None
+    if not e.beir and not d.synthetic:
+        print("eval.at_end: skipped, no BEIR folder (set --config.eval.beir=FOLDER)", flush=True)
         return None
     folder = pathlib.Path(e.beir) if e.beir else source_folder
     params = trainable.combine(state["params"], frozen, run.special_ids)
@@ -416,6 +420,17 @@ def _atomic_write_json(path: pathlib.Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def _check_batch(config, mesh) -> None:
+    """The global batch is split over data x fsdp, and into micro-batches: both must divide it."""
+    b, k = config.train.global_batch_size, config.train.microbatches
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if k < 1 or b % k:
+        raise ValueError(f"config.train.microbatches={k} must be >= 1 and divide train.global_batch_size={b}")
+    if (b // k) % shards:
+        raise ValueError(f"config.train.global_batch_size={b} (per micro-batch {b // k}) must be divisible by the "
+                         f"mesh's data x fsdp = {shards} devices")
 
 
 def _save_tokenizer(tokenizer, out: pathlib.Path) -> None:
@@ -533,7 +548,7 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 history.append({"step": done, **metrics})
                 bar.update(done, {"loss": metrics["loss"]})
                 window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-            if stop.requested:
+            if _agree(stop.requested):
                 print(f"SIGTERM: saving a checkpoint at step {done} and stopping", flush=True)
                 ckpt.save(done, state, meta(done))
                 break
@@ -544,6 +559,15 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
     bar.close()
     writer.close()
     return history, state
+
+
+def _agree(flag: bool) -> bool:
+    """True when any process has the flag: a checkpoint save is collective, so all must stop together."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _flops(compiled) -> float | None:
