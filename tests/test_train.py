@@ -33,6 +33,7 @@ TINY = {
     "train.num_steps": 6,
     "train.log_every": 1,
     "train.checkpoint_every": 2,
+    "eval.at_end": False,  # test_demo_short_learns covers it
 }
 
 
@@ -183,9 +184,12 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path):
         assert multi[h["step"]] == pytest.approx(h["loss"], rel=2e-5)
 
 
-def test_demo_short_learns(tmp_path):
+def test_demo_short_learns(tmp_path, capsys):
     result = trainer.train(demo.get_config("short"), tmp_path / "demo")
     hist = result.history
+    out = capsys.readouterr().out
+    assert "| no_think |" in out and "| think(k=1) |" in out  # it ends by evaluating both modes
+    assert (tmp_path / "demo" / "eval" / "demo-test.json").is_file()
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert (tmp_path / "demo" / "checkpoints" / "12").is_dir()
     assert (tmp_path / "demo" / "tokenizer" / "tokenizer.json").is_file()
