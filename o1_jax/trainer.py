@@ -385,8 +385,12 @@ def evaluate_at_end(run: Run, state, frozen, workdir: pathlib.Path, source_folde
 RUN_CONFIG = "run_config.json"
 
 
-def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices=None):
-    """(model, full params, tokenizer, config) of a run's latest (or given) checkpoint, LoRA unmerged."""
+def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices=None, mesh_shape=(1, -1, 1)):
+    """(model, full params, tokenizer, config) of a run's latest (or given) checkpoint, LoRA unmerged.
+
+    The parameters are placed on `mesh_shape` over `devices` (default: FSDP over all of them),
+    whatever mesh the run trained on.
+    """
     import ml_collections
     import transformers
 
@@ -396,6 +400,7 @@ def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices
             raise FileNotFoundError(f"{workdir}: no {needed} (expected the workdir of a `python -m o1_jax.train` run)")
     saved = json.loads((workdir / RUN_CONFIG).read_text())
     config = ml_collections.ConfigDict(saved["config"])
+    config.mesh.shape = tuple(mesh_shape)  # the training mesh may need more devices than are here
     tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "tokenizer")
     run = build_run(config, tokenizer, saved["original_vocab"], num_steps=1, devices=devices)
     ckpt = run.checkpointer(workdir)

@@ -220,3 +220,11 @@ def test_restore_trained_returns_the_final_parameters(tmp_path, lora):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, expected)
     assert model.cfg.lora_rank == (2 if lora else 0)
     assert config.train.num_steps == 2
+
+
+def test_restore_on_fewer_devices_than_the_training_mesh(tmp_path):
+    result = trainer.train(tiny_config(**{"train.num_steps": 2, "mesh.shape": (2, 2, 2)}), tmp_path / "w")
+    model, params, _, _ = trainer.restore_trained(tmp_path / "w", devices=jax.devices()[:1])
+    emb = params["model"]["embed_tokens"]["embedding"]
+    assert len(emb.sharding.device_set) == 1
+    np.testing.assert_array_equal(np.asarray(emb), np.asarray(result.state["params"]["model"]["embed_tokens"]["embedding"]))

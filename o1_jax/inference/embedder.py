@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from o1_jax import objective, trainable
 from o1_jax.data import formatting
@@ -34,8 +35,15 @@ def _embed_fn(model: LlamaForCausalLM):
 
 class O1Embedder:
     def __init__(self, model: LlamaForCausalLM, params, tokenizer, *, max_query_tokens: int = 64,
-                 max_thought_tokens: int = 128, max_doc_tokens: int = 256, batch_size: int = 32):
-        self.model, self.params, self.tokenizer = model, params, tokenizer
+                 max_thought_tokens: int = 128, max_doc_tokens: int = 256, batch_size: int = 32,
+                 devices: Sequence[jax.Device] | None = None):
+        # Data parallel over this process's devices: parameters replicated, batch rows split.
+        devices = list(devices or jax.local_devices())
+        mesh = Mesh(np.asarray(devices), ("data",))
+        self._rows = NamedSharding(mesh, PartitionSpec("data"))
+        self.model, self.tokenizer = model, tokenizer
+        self.params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+        batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
         self.special = formatting.add_special_tokens(tokenizer)
         if max(self.special.values()) >= model.cfg.vocab_size:
             raise ValueError(f"the tokenizer's special tokens reach id {max(self.special.values())}, "
@@ -69,6 +77,9 @@ class O1Embedder:
             model = LlamaForCausalLM(cfg)
         return cls(model, params, tokenizer, **kwargs)
 
+    def _shard(self, *arrays):
+        return [jax.device_put(np.asarray(a), self._rows) for a in arrays]
+
     # ------------------------------------------------------------------ documents
 
     def encode_corpus(self, docs: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
@@ -85,7 +96,7 @@ class O1Embedder:
         for start in range(0, len(docs), batch_size):
             idx = order[start:start + batch_size]
             batch = self.formatter.collate_docs([docs[i] for i in idx], num_rows=batch_size)
-            emb = fn(self.params, batch["doc_ids"], batch["doc_mask"])
+            emb = fn(self.params, *self._shard(batch["doc_ids"], batch["doc_mask"]))
             out[idx] = np.asarray(emb)[: len(idx)]
         return out
 
@@ -105,7 +116,7 @@ class O1Embedder:
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             batch = self.formatter.collate_prompts(chunk, num_rows=self.batch_size)
-            out = generate(self.model, self.params, batch["prompt_ids"], batch["prompt_mask"],
+            out = generate(self.model, self.params, *self._shard(batch["prompt_ids"], batch["prompt_mask"]),
                            jax.random.fold_in(rng, start), sampling, eos_id=self.tokenizer.eos_token_id,
                            pad_id=self.formatter.pad_id, emb_id=self.special["<emb>"] if embed else None)
             tokens.append(np.asarray(out["tokens"])[: len(chunk)])
@@ -137,7 +148,8 @@ class O1Embedder:
             for start in range(0, len(queries), self.batch_size):
                 chunk = list(queries[start:start + self.batch_size])
                 batch = self.formatter.collate_queries(chunk, num_rows=self.batch_size)
-                out[start:start + len(chunk)] = np.asarray(fn(self.params, batch["query_ids"], batch["query_mask"]))[: len(chunk)]
+                emb = fn(self.params, *self._shard(batch["query_ids"], batch["query_mask"]))
+                out[start:start + len(chunk)] = np.asarray(emb)[: len(chunk)]
             return out
         _, _, embeddings = self._generate(queries, num_thoughts, sampling, seed, embed=True)
         vectors = np.concatenate(embeddings).reshape(len(queries), num_thoughts, -1).mean(axis=1)

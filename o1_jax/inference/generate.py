@@ -56,6 +56,7 @@ def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool):
     """One jitted function per (model, sampling, embed); shapes add their own compilations."""
 
     def run(params, prompt_ids, prompt_mask, rng, eos_id, pad_id, emb_id):
+        prompt_ids, prompt_mask = prompt_ids.astype(jnp.int32), prompt_mask.astype(jnp.int32)
         b, p = prompt_ids.shape
         n = sampling.max_new_tokens
         cache = init_cache(model.cfg, b, p + n + (2 if embed else 0))
@@ -118,5 +119,5 @@ def generate(model: LlamaForCausalLM, params, prompt_ids, prompt_mask, rng, samp
     after `prompt + thought + <eos><emb>`, computed through the same KV cache.
     """
     fn = _compiled(model, sampling, emb_id is not None)
-    return fn(params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), rng,
+    return fn(params, prompt_ids, prompt_mask, rng,
               jnp.int32(eos_id), jnp.int32(pad_id), jnp.int32(emb_id if emb_id is not None else 0))
