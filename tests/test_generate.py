@@ -104,7 +104,7 @@ def test_top_p_near_zero_is_greedy_and_sampling_is_seeded(tiny):
 def test_same_shapes_compile_once(tiny):
     model, params = tiny
     sampling = Sampling(max_new_tokens=5)
-    fn = _compiled(model, sampling, False)
+    fn = _compiled(model, sampling, False, 1)
     for seed in range(3):
         ids, mask = _prompts(np.random.RandomState(seed), [3, 5], 6)
         generate(model, params, ids, mask, jax.random.key(seed), sampling, eos_id=EOS, pad_id=PAD)
@@ -135,3 +135,16 @@ def test_smollm2_greedy_matches_transformers_generate(smollm2_path):
     for row in range(2):
         n = int(out["lengths"][row])
         assert ours[row, :n].tolist() == ref[row, :n].tolist()
+
+
+def test_samples_share_one_prefill_and_match_repeated_prompts(tiny):
+    model, params = tiny
+    ids, mask = _prompts(np.random.RandomState(4), [3, 6], 6)
+    sampling = Sampling(max_new_tokens=6, temperature=1.0)
+    shared = generate(model, params, ids, mask, jax.random.key(9), sampling, eos_id=EOS, pad_id=PAD,
+                      emb_id=EMB, num_samples=3)
+    repeated = generate(model, params, np.repeat(ids, 3, 0), np.repeat(mask, 3, 0), jax.random.key(9), sampling,
+                        eos_id=EOS, pad_id=PAD, emb_id=EMB)
+    np.testing.assert_array_equal(shared["tokens"], repeated["tokens"])
+    np.testing.assert_allclose(shared["embeddings"], repeated["embeddings"], atol=1e-5)
+    assert len({tuple(r) for r in np.asarray(shared["tokens"])[:3]}) > 1  # the samples differ

@@ -109,20 +109,24 @@ class O1Embedder:
         return Sampling(max_new_tokens=self.max_thought_tokens, temperature=0.1, top_p=0.9)
 
     def _generate(self, queries: Sequence[str], k: int, sampling: Sampling | None, seed: int, embed: bool):
+        """Each query is prefilled once and its k thoughts share that cache: rows i*k .. i*k+k-1."""
         sampling = sampling or self.default_sampling(k)
-        rows = [q for q in queries for _ in range(k)]  # query i's thoughts are rows i*k .. i*k+k-1
+        n_dev = self._rows.mesh.size  # prompt rows are split over the devices too
+        per_batch = max(self.batch_size // k // n_dev, 1) * n_dev
         tokens, lengths, embeddings = [], [], []
         rng = jax.random.key(seed)
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            batch = self.formatter.collate_prompts(chunk, num_rows=self.batch_size)
+        for start in range(0, len(queries), per_batch):
+            chunk = list(queries[start:start + per_batch])
+            batch = self.formatter.collate_prompts(chunk, num_rows=per_batch)
             out = generate(self.model, self.params, *self._shard(batch["prompt_ids"], batch["prompt_mask"]),
                            jax.random.fold_in(rng, start), sampling, eos_id=self.tokenizer.eos_token_id,
-                           pad_id=self.formatter.pad_id, emb_id=self.special["<emb>"] if embed else None)
-            tokens.append(np.asarray(out["tokens"])[: len(chunk)])
-            lengths.append(np.asarray(out["lengths"])[: len(chunk)])
+                           pad_id=self.formatter.pad_id, emb_id=self.special["<emb>"] if embed else None,
+                           num_samples=k)
+            rows = len(chunk) * k
+            tokens.append(np.asarray(out["tokens"])[:rows])
+            lengths.append(np.asarray(out["lengths"])[:rows])
             if embed:
-                embeddings.append(np.asarray(out["embeddings"])[: len(chunk)])
+                embeddings.append(np.asarray(out["embeddings"])[:rows])
         return tokens, lengths, embeddings
 
     def think(self, queries: Sequence[str], k: int = 1, sampling: Sampling | None = None,

@@ -52,16 +52,16 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.A
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool):
-    """One jitted function per (model, sampling, embed); shapes add their own compilations."""
+def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool, num_samples: int = 1):
+    """One jitted function per (model, sampling, embed, num_samples); shapes add their own compilations."""
 
     def run(params, prompt_ids, prompt_mask, rng, eos_id, pad_id, emb_id):
         prompt_ids, prompt_mask = prompt_ids.astype(jnp.int32), prompt_mask.astype(jnp.int32)
-        b, p = prompt_ids.shape
+        u, p = prompt_ids.shape
+        b = u * num_samples  # row i * num_samples + j is sample j of prompt i
         n = sampling.max_new_tokens
-        cache = init_cache(model.cfg, b, p + n + (2 if embed else 0))
-        key_mask = jnp.zeros((b, cache["k"].shape[2]), jnp.int32).at[:, :p].set(prompt_mask)
-        prompt_len = prompt_mask.sum(-1).astype(jnp.int32)
+        cache = init_cache(model.cfg, u, p + n + (2 if embed else 0))
+        key_mask = jnp.zeros((u, cache["k"].shape[2]), jnp.int32).at[:, :p].set(prompt_mask)
 
         def forward(ids, positions, key_mask, cache, index, logits=True):
             out = model.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
@@ -72,6 +72,10 @@ def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool):
             return last, out.cache
 
         logits, cache = forward(prompt_ids, default_positions(prompt_mask), key_mask, cache, 0)
+        if num_samples > 1:  # the prompt is prefilled once, then its cache is shared by its samples
+            cache = {k: jnp.repeat(v, num_samples, axis=1) for k, v in cache.items()}  # [L, B, S, K, H]
+            key_mask, logits = jnp.repeat(key_mask, num_samples, 0), jnp.repeat(logits, num_samples, 0)
+        prompt_len = key_mask[:, :p].sum(-1).astype(jnp.int32)
         rng, sub = jax.random.split(rng)
         tok = sample_token(logits, sub, sampling)
         tokens = jnp.full((b, n), pad_id, jnp.int32)
@@ -111,13 +115,16 @@ def _first(tokens: jax.Array, value, n: int) -> jax.Array:
 
 
 def generate(model: LlamaForCausalLM, params, prompt_ids, prompt_mask, rng, sampling: Sampling, *,
-             eos_id: int, pad_id: int, emb_id: int | None = None) -> dict:
-    """Generates up to `sampling.max_new_tokens` per left-padded prompt row.
+             eos_id: int, pad_id: int, emb_id: int | None = None, num_samples: int = 1) -> dict:
+    """Generates up to `sampling.max_new_tokens` per left-padded prompt row, `num_samples` times
+    (rows `i * num_samples + j` of the outputs; the prompt is prefilled once).
 
     Returns `tokens [B, N]` (pad after a row's `<eos>`), `lengths [B]` (tokens before `<eos>`)
     and, when `emb_id` is given, `embeddings [B, D]`: the L2-normalised hidden state at `<emb>`
     after `prompt + thought + <eos><emb>`, computed through the same KV cache.
     """
-    fn = _compiled(model, sampling, emb_id is not None)
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: expected at least 1")
+    fn = _compiled(model, sampling, emb_id is not None, num_samples)
     return fn(params, prompt_ids, prompt_mask, rng,
               jnp.int32(eos_id), jnp.int32(pad_id), jnp.int32(emb_id if emb_id is not None else 0))
