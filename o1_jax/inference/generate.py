@@ -61,7 +61,7 @@ def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool, num_samp
         b = u * num_samples  # row i * num_samples + j is sample j of prompt i
         n = sampling.max_new_tokens
         cache = init_cache(model.cfg, u, p + n + (2 if embed else 0))
-        key_mask = jnp.zeros((u, cache["k"].shape[2]), jnp.int32).at[:, :p].set(prompt_mask)
+        key_mask = jnp.zeros((u, cache["k"].shape[3]), jnp.int32).at[:, :p].set(prompt_mask)
 
         def forward(ids, positions, key_mask, cache, index, logits=True):
             out = model.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
@@ -73,7 +73,7 @@ def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool, num_samp
 
         logits, cache = forward(prompt_ids, default_positions(prompt_mask), key_mask, cache, 0)
         if num_samples > 1:  # the prompt is prefilled once, then its cache is shared by its samples
-            cache = {k: jnp.repeat(v, num_samples, axis=1) for k, v in cache.items()}  # [L, B, S, K, H]
+            cache = {k: jnp.repeat(v, num_samples, axis=1) for k, v in cache.items()}  # [L, B, K, S, H]
             key_mask, logits = jnp.repeat(key_mask, num_samples, 0), jnp.repeat(logits, num_samples, 0)
         prompt_len = key_mask[:, :p].sum(-1).astype(jnp.int32)
         rng, sub = jax.random.split(rng)

@@ -39,8 +39,10 @@ class CausalLMOutput:
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int) -> dict:
-    """An empty KV cache: `k`, `v` `[L, B, S, K, H]` in the compute dtype."""
-    shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_size)
+    """An empty KV cache: `k`, `v` `[L, B, K, S, H]` in the compute dtype.
+
+    Slots (S) next to the head size, so attention reads a layer's cache without a transpose."""
+    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, length, cfg.head_size)
     return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
 
 
@@ -156,7 +158,7 @@ class Attention(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache_index, cache):
+    def __call__(self, x, cos, sin, mask, cache_index, cache, layer):
         cfg = self.cfg
         b, t, _ = x.shape
         n, k, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
@@ -165,18 +167,23 @@ class Attention(nn.Module):
         kk = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "k_proj")(x).reshape(b, t, k, h)
         v = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "v_proj")(x).reshape(b, t, k, h)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
-        if cache is not None:  # write the new keys/values at their slots, attend over the whole cache
-            kk = jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
-            cache = {"k": kk, "v": v}
+        kk, v = kk.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
+        if cache is not None:
+            # Write only the new entries into the whole [L, B, K, S, H] cache (in place inside the
+            # decode loop), then read this layer's slots back for attention.
+            where = (layer, 0, 0, cache_index, 0)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk[None].astype(cache["k"].dtype), where),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), where)}
+            kk = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False)
 
         # Grouped-query attention without repeating K/V: query heads grouped per kv head.
         q = q.reshape(b, t, k, n // k, h)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, kk, preferred_element_type=jnp.float32)
         scores = scores * h**-0.5
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n * h)
+        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(b, t, n * h)
         return _dense(cfg, cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, "o_proj")(out), cache
 
 
@@ -195,13 +202,14 @@ class DecoderLayer(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache_index, cache):
+    def __call__(self, carry, cos, sin, mask, cache_index):
+        x, cache, layer = carry  # the cache rides in the carry so the decode loop updates it in place
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         attn, cache = Attention(self.cfg, name="self_attn")(
-            RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask, cache_index, cache)
+            RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask, cache_index, cache, layer)
         x = x + attn
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attention_layernorm")(x))
-        return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
+        return (nn.with_logical_constraint(x, ACTIVATION_AXES), cache, layer + 1), None
 
 
 def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
@@ -212,7 +220,7 @@ def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
         layer,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),  # cache: one slice per layer
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
@@ -245,7 +253,7 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(self.cfg, position_ids)
         mask = attention_bias_mask(self.cfg, attention_mask, input_ids.shape[1], cache_index)
         x = self.embed_tokens(input_ids).astype(self.cfg.compute_dtype)
-        x, cache = self.layers(x, cos, sin, mask, cache_index, cache)
+        (x, cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, cache_index)
         return self.norm(x), cache
 
 
