@@ -5,7 +5,8 @@ Forward: logits for the whole batch (jit-compiled o1_jax vs torch eval under no_
 Forward+backward: the next-token cross-entropy and its gradient with respect to every
 parameter (`jax.value_and_grad` vs `loss.backward()`). Each figure is the median of
 `--repeats` timed runs after `--warmup` untimed ones (for o1_jax, compilation happens
-in the warm-up). The two forward losses must agree, so we know the same thing is timed.
+in the warm-up); o1_jax and torch runs alternate, so load that drifts during the run
+falls on both sides alike. The two forward losses must agree, so we know the same thing is timed.
 
     python benchmarks/forward.py [--batch 8 --seq 128 --repeats 7 --warmup 2 --json out.json]
 """
@@ -44,15 +45,18 @@ def next_token_loss_np(logits: np.ndarray, ids: np.ndarray) -> float:
     return float((logz - picked).mean())
 
 
-def timed(fn, repeats: int, warmup: int) -> list[float]:
+def timed_pair(fn_a, fn_b, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall times of `fn_a` and `fn_b`, alternated run by run so drifting load hits both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return times_a, times_b
 
 
 def cpu_model() -> str:
@@ -115,13 +119,11 @@ def main() -> None:
 
     results = {}
     times = {
-        "forward": (
-            timed(lambda: jax_logits(params, ids, mask).block_until_ready(), args.repeats, args.warmup),
-            timed(torch_logits, args.repeats, args.warmup),
+        "forward": timed_pair(
+            lambda: jax_logits(params, ids, mask).block_until_ready(), torch_logits, args.repeats, args.warmup
         ),
-        "forward+backward": (
-            timed(lambda: jax.block_until_ready(jax_grad(params, ids, mask)), args.repeats, args.warmup),
-            timed(torch_grad, args.repeats, args.warmup),
+        "forward+backward": timed_pair(
+            lambda: jax.block_until_ready(jax_grad(params, ids, mask)), torch_grad, args.repeats, args.warmup
         ),
     }
 
