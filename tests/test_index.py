@@ -196,6 +196,10 @@ def test_bad_input_errors(small):
         Index.build(docs[:3], ids_of(3), mode="hnsw")
     with pytest.raises(ValueError, match="params apply to mode='scann' only"):
         Index.build(docs[:100], ids_of(100), params={"num_leaves": 4})
+    with pytest.raises(ValueError, match="mode='scann' needs at least 16 documents"):
+        Index.build(docs[:10], ids_of(10), mode="scann")
+    with pytest.raises(ValueError, match="index param 'num_leaves_to_search' \\(50\\) exceeds 'num_leaves' \\(10\\)"):
+        Index.build(docs[:100], ids_of(100), mode="scann", params={"num_leaves": 10, "num_leaves_to_search": 50})
     with pytest.raises(ValueError, match="unknown index param 'leaves'"):
         Index.build(docs[:100], ids_of(100), mode="scann", params={"leaves": 4})
     with pytest.raises(ValueError, match="embedding_info must be JSON-serialisable"):
@@ -218,7 +222,7 @@ def test_auto_mode_switches_to_scann_above_threshold(monkeypatch):
     monkeypatch.setattr(index_lib, "AUTO_EXACT_MAX_DOCS", 500)
     rng = np.random.default_rng(4)
     docs = clustered(rng, 2000, 16, clusters=4)
-    index = Index.build(docs, ids_of(2000), params={"num_leaves": 10, "num_leaves_to_search": 10})
+    index = Index.build(docs, ids_of(2000), params={"num_leaves": 10, "num_leaves_to_search": 10, "soar_lambda": 1.5})
     assert index.mode == "scann" and index.params["num_leaves"] == 10 and index.params["reorder"] == 250
     _, rows = exact_search(docs[:50], docs, 5)
     _, ids = index.search(docs[:50], 5)
@@ -230,3 +234,15 @@ def test_recall_at_k():
     assert recall_at_k([["a", "x"], ["y", "z"]], [["a", "b"], ["b", "c"]], 2) == 0.25
     with pytest.raises(ValueError, match="got 1 approximate and 2 exact result rows"):
         recall_at_k([["a"]], [["a"], ["b"]], 1)
+
+
+def test_short_result_rows_when_searched_leaves_hold_fewer_than_k():
+    rng = np.random.default_rng(5)
+    docs = clustered(rng, 2000, 16, clusters=50)
+    index = Index.build(docs, ids_of(2000), mode="scann", params={"num_leaves": 100, "num_leaves_to_search": 1})
+    scores, ids = index.search(docs[:20], 200)
+    assert scores.shape == (20, 200)
+    assert any(len(row) < 200 for row in ids)
+    for s, row in zip(scores, ids):
+        assert len(set(row)) == len(row)
+        assert np.all(np.isfinite(s[: len(row)])) and np.all(s[len(row) :] == -np.inf)

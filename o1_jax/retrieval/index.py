@@ -35,7 +35,8 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,7 @@ SCANN_PARAM_KEYS = (
     "training_sample_size",
     "training_iterations",
     "min_partition_size",
+    "soar_lambda",
     "dimensions_per_block",
     "anisotropic_quantization_threshold",
     "hash_type",
@@ -76,15 +78,19 @@ def default_params(num_docs: int, dim: int) -> dict[str, Any]:
     """ScaNN tree + AH + reorder parameters for a corpus of `num_docs` x `dim`.
 
     num_leaves ~ sqrt(N) keeps partition scoring and in-partition scoring in
-    balance (both ~sqrt(N) per leaf searched). Searching ~5% of the leaves (at
-    least 8) with a 250-candidate reorder gives recall@10 >= 0.95 on the clustered
-    1M x 256 benchmark and on 20k clustered vectors (tests/test_index.py);
-    anisotropic threshold 0.2 and 2 dimensions per 4-bit block are ScaNN's
-    recommended settings for dot-product search.
+    balance (both ~sqrt(N) per leaf searched). num_leaves_to_search ~ 2 sqrt(num_leaves)
+    (at least 8): the fraction of leaves holding a query's true neighbours shrinks as
+    leaves grow. Measured (BENCHMARKS.md "Index"): real all-MiniLM-L6-v2 SciFact
+    embeddings with their real queries need 18 of 72 leaves (25%) for recall@10 0.95,
+    while 2 of 1000 leaves already give 0.99 on the 1M clustered set; this rule gives
+    17 of 72 and 64 of 1000, and 24 of 141 at 20k documents, erring towards recall.
+    Anisotropic threshold 0.2 and 2 dimensions per 4-bit block are ScaNN's
+    recommended dot-product settings; a 250-candidate exact reorder makes the
+    returned scores exact and recovers what the 4-bit scores misorder.
     """
     del dim  # the same settings serve the 256..1024-dim embeddings we index
-    num_leaves = max(1, min(int(round(math.sqrt(num_docs))), num_docs // 20 or 1))
-    num_leaves_to_search = min(num_leaves, max(8, int(math.ceil(0.05 * num_leaves))))
+    num_leaves = max(1, min(round(math.sqrt(num_docs)), num_docs // 20 or 1))
+    num_leaves_to_search = min(num_leaves, max(8, math.ceil(2 * math.sqrt(num_leaves))))
     return {
         "num_leaves": num_leaves,
         "num_leaves_to_search": num_leaves_to_search,
@@ -93,6 +99,10 @@ def default_params(num_docs: int, dim: int) -> dict[str, Any]:
         "training_sample_size": min(num_docs, 100_000),
         "training_iterations": 12,
         "min_partition_size": 20,
+        # SOAR spilling (each document also in a second, "orthogonal" leaf; ScaNN
+        # suggests lambda 1.5) raises recall at a given num_leaves_to_search (SciFact,
+        # 8 of 72 leaves: 0.87 -> 0.95) but doubles the hashed data; off by default.
+        "soar_lambda": None,
         "dimensions_per_block": 2,
         "anisotropic_quantization_threshold": 0.2,
         "hash_type": "lut16",
@@ -152,8 +162,17 @@ def _resolve_params(num_docs: int, dim: int, params: Mapping[str, Any] | None) -
         )
     if resolved["dimensions_per_block"] > dim:
         raise ValueError(f"index param 'dimensions_per_block' ({resolved['dimensions_per_block']}) exceeds dim {dim}")
+    soar = resolved["soar_lambda"]
+    if soar is not None and (isinstance(soar, bool) or not isinstance(soar, (int, float)) or soar <= 0):
+        raise ValueError(f"index param 'soar_lambda' must be None or a positive number, got {soar!r}")
     if resolved["hash_type"] not in ("lut16", "lut256"):
         raise ValueError(f"index param 'hash_type' must be 'lut16' or 'lut256', got {resolved['hash_type']!r}")
+    centres = 16 if resolved["hash_type"] == "lut16" else 256
+    if num_docs < centres:
+        raise ValueError(
+            f"mode='scann' needs at least {centres} documents ({resolved['hash_type']} hashing trains {centres} "
+            f"centres per block), got {num_docs}; use mode='exact' or 'auto'"
+        )
     resolved["training_sample_size"] = min(resolved["training_sample_size"], num_docs)
     resolved["reorder"] = min(resolved["reorder"], num_docs)
     return resolved
@@ -172,6 +191,7 @@ def _build_searcher(emb: np.ndarray, mode: str, params: Mapping[str, Any]):
             training_sample_size=params["training_sample_size"],
             training_iterations=params["training_iterations"],
             min_partition_size=params["min_partition_size"],
+            soar_lambda=params["soar_lambda"],
         )
         .score_ah(
             params["dimensions_per_block"],
@@ -214,7 +234,7 @@ class Index:
         mode: str = "auto",
         params: Mapping[str, Any] | None = None,
         embedding_info: Mapping[str, Any] | None = None,
-    ) -> "Index":
+    ) -> Index:
         """Index `embeddings` [N, D] (L2-normalised) under `doc_ids` (N distinct strings)."""
         if mode not in MODES:
             raise ValueError(f"index mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -365,7 +385,7 @@ class Index:
         folder: str | os.PathLike,
         expected_dim: int | None = None,
         expected_info: Mapping[str, Any] | None = None,
-    ) -> "Index":
+    ) -> Index:
         """Read an index saved by `save`, checking it is complete and built for what the caller expects.
 
         `expected_dim` is the query model's embedding size; every key of
