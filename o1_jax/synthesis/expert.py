@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import math
 import pathlib
 import zlib
@@ -253,73 +252,14 @@ def sample_nucleus(logits, rng, sampling):
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_samples(model, sampling, samples: int):
-    """`generate` with one prefill per prompt and `samples` sampled continuations of each.
-
-    The decode loop is o1_jax.inference.generate's (same cache slots, masks and positions) with two
-    changes: the prefill runs on the U distinct prompts and its cache, key mask, lengths and last
-    logits are repeated `samples` times along the batch (row u * samples + s), where transformers'
-    `num_return_sequences` repeats the prompts and prefills each copy; and top-p uses
-    `nucleus_mask` instead of a sort of the vocabulary.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from o1_jax.inference.generate import _first
-    from o1_jax.models.llama import LlamaForCausalLM, default_positions, init_cache
-
-    def run(params, prompt_ids, prompt_mask, rng, eos_id, pad_id):
-        u, p = prompt_ids.shape
-        b, n = u * samples, sampling.max_new_tokens
-        cache = init_cache(model.cfg, u, p + n)
-        key_mask = jnp.zeros((u, p + n), jnp.int32).at[:, :p].set(prompt_mask)
-
-        def forward(ids, positions, key_mask, cache, index):
-            out = model.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
-                              compute_logits=False, cache=cache, cache_index=index)
-            logits = model.apply({"params": params}, out.last_hidden_state[:, -1],
-                                 method=LlamaForCausalLM.logits_from_hidden)
-            return logits, out.cache
-
-        logits, cache = forward(prompt_ids, default_positions(prompt_mask), key_mask, cache, 0)  # [U, V]
-        repeat = functools.partial(jnp.repeat, repeats=samples, axis=0)
-        cache = {k: jnp.repeat(v, samples, axis=1) for k, v in cache.items()}  # [L, B, S, K, H]
-        key_mask, logits = repeat(key_mask), repeat(logits)
-        prompt_len = key_mask[:, :p].sum(-1).astype(jnp.int32)
-        rng, sub = jax.random.split(rng)
-        tok = sample_nucleus(logits, sub, sampling)
-        tokens = jnp.full((b, n), pad_id, jnp.int32)
-        state = (jnp.int32(0), tok, jnp.zeros((b,), bool), tokens, cache, key_mask, rng)
-
-        def cond(state):
-            t, _, done, *_ = state
-            return (t < n) & ~jnp.all(done)
-
-        def body(state):
-            t, tok, done, tokens, cache, key_mask, rng = state
-            finished = done | (tok == eos_id)
-            tokens = tokens.at[:, t].set(jnp.where(done, pad_id, tok))
-            key_mask = jax.lax.dynamic_update_slice(key_mask, (~finished).astype(jnp.int32)[:, None], (0, p + t))
-            logits, cache = forward(tok[:, None], (prompt_len + t)[:, None], key_mask, cache, p + t)
-            rng, sub = jax.random.split(rng)
-            return t + 1, sample_nucleus(logits, sub, sampling), finished, tokens, cache, key_mask, rng
-
-        _, _, _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
-        return {"tokens": tokens, "lengths": _first(tokens, eos_id, n)}
-
-    return jax.jit(run)
-
-
 def generate_samples(model, params, prompt_ids, prompt_mask, rng, sampling, samples: int, *, eos_id: int,
                      pad_id: int) -> dict:
     """`samples` continuations of each left-padded prompt row from one prefill: `tokens [U * samples, N]`
     (row u * samples + s), `lengths [U * samples]` (tokens before `<eos>`)."""
-    import jax.numpy as jnp
+    from o1_jax.inference.generate import generate
 
-    fn = _compiled_samples(model, sampling, int(samples))
-    return fn(params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), rng,
-              jnp.int32(eos_id), jnp.int32(pad_id))
+    return generate(model, params, prompt_ids, prompt_mask, rng, sampling, eos_id=eos_id, pad_id=pad_id,
+                    num_samples=int(samples))
 
 
 class LlamaExpert(Expert):
