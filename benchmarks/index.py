@@ -36,6 +36,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -291,6 +292,7 @@ def main() -> None:
         print_table(result, args.k)
     print("\nload average at the end: {:.1f} {:.1f} {:.1f} (other processes compete for the cores)".format(
         *os.getloadavg()))
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "args": vars(args), "results": results}, f, indent=2)
