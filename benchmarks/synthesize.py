@@ -12,11 +12,13 @@ gets each batch as the same left-padded tensors (same width, without o1_jax's em
 and `generate(do_sample=True, temperature, top_p, top_k=0, max_new_tokens, num_return_sequences=n,
 eos=pad=<|im_end|>)` (which repeats each prompt n times before its prefill), then decodes. Both
 stop a batch when all its rows have emitted <|im_end|> (or at max new tokens); since the samples
-differ, generated tokens and decode steps are reported beside the thoughts/s.
+differ, the thoughts' token counts are reported beside the thoughts/s. Timed: each side's batches
+(generation + decoding to text; building and tokenising the prompts is common to both and not
+timed), batch by batch in turn.
 
 o1_jax compiles once per prompt width: every width in the plan is compiled (one batch each) before
-timing, and that time is reported as "compile warm-up". The two sides then run alternately,
-`--repeats` rounds each, and the medians are compared. torch uses the fastest of `--torch-threads`
+timing, and that time is reported as "compile warm-up". The two sides then run batch by batch in
+turn, `--repeats` rounds, and the medians of the totals are compared. torch uses the fastest of `--torch-threads`
 on one batch's prefill.
 
     python benchmarks/synthesize.py [--queries 64 --candidates 3 --batch-size 48 --new-tokens 64 --fresh-examples]
@@ -100,28 +102,22 @@ def main() -> None:
         do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0, max_new_tokens=args.new_tokens,
         num_return_sequences=samples, eos_token_id=expert.eos_id, pad_token_id=expert.pad_id)
 
-    stats: dict[str, dict] = {"o1_jax": {}, "torch": {}}
+    def run_jax(k):
+        return [t for group in expert.generate_batch([prompts[u] for u in batches[k]], samples, args.seed, k)
+                for t in group]
 
-    def run_jax():
-        texts = expert.propose(picked, args.candidates, rng_seed=args.seed)
-        return [t for cands in texts for t in cands]
-
-    def run_torch():
-        texts, steps, tokens = [], 0, 0
-        for (ids, mask), b in zip(collated, batches):
-            n = len(b)
-            with torch.no_grad():
-                out = torch_model.generate(input_ids=torch.from_numpy(ids[:n].astype(np.int64)),
-                                           attention_mask=torch.from_numpy(mask[:n].astype(np.int64)),
-                                           generation_config=gen_config)
-            new = out[:, ids.shape[1]:].numpy()
-            steps += new.shape[1]
-            for row in new:
-                cut = np.flatnonzero(row == expert.eos_id)
-                row = row[: cut[0]] if len(cut) else row
-                tokens += len(row)
-                texts.append(tok.decode(row, skip_special_tokens=True).strip())
-        stats["torch"] = {"decode_steps": steps, "thought_tokens": tokens}
+    def run_torch(k):
+        (ids, mask), n = collated[k], len(batches[k])
+        with torch.no_grad():
+            out = torch_model.generate(input_ids=torch.from_numpy(ids[:n].astype(np.int64)),
+                                       attention_mask=torch.from_numpy(mask[:n].astype(np.int64)),
+                                       generation_config=gen_config)
+        texts, lengths = [], []
+        for row in out[:, ids.shape[1]:].numpy():
+            cut = np.flatnonzero(row == expert.eos_id)
+            row = row[: cut[0]] if len(cut) else row
+            lengths.append(len(row))
+            texts.append(tok.decode(row, skip_special_tokens=True).strip())
         return texts
 
     # torch threads: the fastest prefill of 4 rows of the widest batch.
@@ -152,17 +148,23 @@ def main() -> None:
         expert.generate_batch([prompts[u] for u in batches[k]], samples, args.seed, 0)
     warmup = time.perf_counter() - start
 
+    # Batch by batch, the two sides in turn (the order flipping every batch), so that a change in
+    # the machine's load hits both alike; `--repeats` rounds, the median of each side's totals.
     times = {"o1_jax": [], "torch": []}
-    texts = {}
+    texts = {"o1_jax": [], "torch": []}
     for _ in range(args.repeats):
-        for name, fn in (("o1_jax", run_jax), ("torch", run_torch)):
-            start = time.perf_counter()
-            texts[name] = fn()
-            times[name].append(time.perf_counter() - start)
-
-    # o1_jax's token counts, from a re-tokenisation of its texts (its generate returns them per batch).
-    jax_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts["o1_jax"])
-    stats["o1_jax"] = {"thought_tokens_retokenised": jax_tokens}
+        total = {"o1_jax": 0.0, "torch": 0.0}
+        texts = {"o1_jax": [], "torch": []}
+        for k in range(len(batches)):
+            sides = [("o1_jax", run_jax), ("torch", run_torch)]
+            for name, fn in sides if k % 2 == 0 else sides[::-1]:
+                start = time.perf_counter()
+                texts[name] += fn(k)
+                total[name] += time.perf_counter() - start
+        for name in total:
+            times[name].append(total[name])
+    assert len(texts["o1_jax"]) == len(texts["torch"]) == count
+    tokens = {name: sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts[name]) for name in texts}
     med = {k: statistics.median(v) for k, v in times.items()}
     load_after = os.getloadavg()[0]
 
@@ -178,21 +180,20 @@ def main() -> None:
           f"{len(batches)} batches of {expert.prompts_per_batch(samples)} prompts, widths {sorted(set(widths))}; sampling temperature {args.temperature}, top-p "
           f"{args.top_p}, <= {args.new_tokens} new tokens, stop at <|im_end|>; median of {args.repeats} alternating runs")
     print()
-    print("| side | seconds | candidate thoughts/s | thought tokens | speed-up |")
+    print("| side | seconds | candidate thoughts/s | thought tokens (re-tokenised) | speed-up |")
     print("| --- | ---: | ---: | ---: | ---: |")
     j, t = med["o1_jax"], med["torch"]
-    print(f"| o1_jax (LlamaExpert.propose) | {j:.1f} | {count / j:.2f} | {jax_tokens} | {t / j:.2f}x |")
-    print(f"| transformers generate | {t:.1f} | {count / t:.2f} | {stats['torch']['thought_tokens']} | 1.00x |")
+    print(f"| o1_jax (LlamaExpert.generate_batch) | {j:.1f} | {count / j:.2f} | {tokens['o1_jax']} | {t / j:.2f}x |")
+    print(f"| transformers generate | {t:.1f} | {count / t:.2f} | {tokens['torch']} | 1.00x |")
     print()
-    print(f"o1_jax compile warm-up ({len(first_of_width)} widths, one batch each): {warmup:.1f} s; "
-          f"torch decode steps {stats['torch']['decode_steps']} over {len(batches)} batches")
+    print(f"o1_jax compile warm-up ({len(first_of_width)} widths, one batch each): {warmup:.1f} s")
     print("first o1_jax thoughts:", [t[:80] for t in texts["o1_jax"][:2]])
     print("first torch thoughts:", [t[:80] for t in texts["torch"][:2]])
 
     if args.json:
         out = {"args": vars(args), "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
                "load_average_1min": {"start": load_before, "end": load_after}, "times_s": times, "median_s": med,
-               "candidates": count, "stats": stats, "warmup_s": warmup, "torch_threads": torch_threads,
+               "candidates": count, "thought_tokens": tokens, "warmup_s": warmup, "torch_threads": torch_threads,
                "widths": widths}
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -65,11 +65,11 @@ class IdExpert(expert.Expert):
         assert len(prompts) <= self.prompts_per_batch(samples)
         out = []
         for messages in prompts:
-            query = re.search(r"Query: (.*)\nResponse:$", messages[-1]["content"]).group(1)
-            rid = self.id_by_query[query]
+            queries = re.findall(r"Query: (.*)\nResponse:", messages[-1]["content"])
+            rid, example = self.id_by_query[queries[-1]], self.id_by_query[queries[0]]  # own, first example's
             self.seen.append(rid)
             number = int(rid[1:])
-            out.append([f"tok{number:02d} thought for {rid} sample {s}" + " pad" * ((number + s) % 9)
+            out.append([f"tok{number:02d} thought for {rid} sample {s} example {example}" + " pad" * ((number + s) % 9)
                         for s in range(samples)])
         return out
 
@@ -111,7 +111,10 @@ def test_every_thought_belongs_to_its_query_across_batches_and_a_resumed_run(tmp
     for o, r in zip(lines, raw):
         assert len(o["all_thought"]) == 3
         for j, t in enumerate(o["all_thought"]):
-            assert f"thought for {o['id']} sample {0 if fresh_examples else j}" in t, (o["id"], j, t)
+            # Candidate j came from its own prompt: with fresh examples, the one drawn for (record, j).
+            example = second.examples.examples(records[int(o["id"][1:])], j if fresh_examples else 0)[0][0]
+            want = f"thought for {o['id']} sample {0 if fresh_examples else j} example {second.id_by_query[example]}"
+            assert want in t, (o["id"], j, t)
         assert o["thought"] == o["all_thought"][o["committee"]["chosen"]]
         assert o["query"] == r["query"] and o["extra"] == r["extra"]
     assert summary["records"] == 23 and summary["candidates"] == 69
