@@ -280,7 +280,8 @@ def main() -> None:
         docs, queries = clustered(args.n, args.dim, args.clusters, args.sigma, args.queries, args.query_sigma, args.seed)
         print(f"generated {args.n:,} x {args.dim} in {time.perf_counter() - start:.1f} s "
               f"({args.clusters} clusters, sigma {args.sigma}, query sigma {args.query_sigma})", flush=True)
-        results.append(run_suite(docs, queries, args, f"synthetic, {args.clusters} clusters"))
+        results.append(run_suite(docs, queries, args, f"synthetic, {args.clusters} clusters, sigma {args.sigma}, "
+                                 f"query sigma {args.query_sigma}"))
         del docs, queries
         gc.collect()
     if args.embeddings:

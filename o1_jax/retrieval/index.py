@@ -81,9 +81,10 @@ def default_params(num_docs: int, dim: int) -> dict[str, Any]:
     balance (both ~sqrt(N) per leaf searched). num_leaves_to_search ~ 2 sqrt(num_leaves)
     (at least 8): the fraction of leaves holding a query's true neighbours shrinks as
     leaves grow. Measured (BENCHMARKS.md "Index"): real all-MiniLM-L6-v2 SciFact
-    embeddings with their real queries need 18 of 72 leaves (25%) for recall@10 0.95,
-    while 2 of 1000 leaves already give 0.99 on the 1M clustered set; this rule gives
-    17 of 72 and 64 of 1000, and 24 of 141 at 20k documents, erring towards recall.
+    embeddings with their real queries need 17 of 72 leaves (24%) for recall@10 0.95;
+    1M clustered vectors need 1-10 of 1000 for 0.95 and 3-50 for 0.99, depending on
+    how tight the clusters are. This rule gives 17 of 72, 24 of 141 at 20k documents
+    and 64 of 1000 at 1M, erring towards recall.
     Anisotropic threshold 0.2 and 2 dimensions per 4-bit block are ScaNN's
     recommended dot-product settings; a 250-candidate exact reorder makes the
     returned scores exact and recovers what the 4-bit scores misorder.
