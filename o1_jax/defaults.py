@@ -18,6 +18,8 @@ def train_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.init_from = ""  # HF folder, "shipped:smollm2-135m-instruct", or "" for a fresh model
     c.model.tokenizer = ""  # tokenizer folder or "synthetic"; "" = the init_from folder's
+    # A named architecture (o1_jax.models.presets) for a fresh model, or to plan without the weights.
+    c.model.architecture = ""
     c.model.dtype = "float32"  # compute dtype
     c.model.param_dtype = "float32"
     c.model.remat_policy = "none"  # none | full | dots | dots_no_batch

@@ -26,13 +26,14 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from o1_jax import flops as flops_lib
 from o1_jax import objective, sharding, trainable
 from o1_jax.checkpoint import Checkpointer
 from o1_jax.data import formatting, storage
 from o1_jax.data.synthetic import make_tokenizer, write_demo_data
 from o1_jax.hf import convert, fetch
 from o1_jax.metrics import MetricWriter, ProgressBar, mfu, peak_flops_per_device
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params, param_shapes
+from o1_jax.models import LlamaConfig, LlamaForCausalLM, abstract_params, param_shapes, presets
 
 
 BATCH_AXES = PartitionSpec(("data", "fsdp"))
@@ -68,6 +69,8 @@ def model_config(config, init_path: pathlib.Path | None, vocab_size: int) -> Lla
                      lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
     if init_path is not None:
         cfg = convert.read_config(init_path, **overrides)
+    elif m.architecture:  # a named architecture trained from scratch (or planned without its weights)
+        cfg, _ = presets.preset(m.architecture, **overrides)
     else:
         cfg = LlamaConfig(vocab_size=vocab_size, **m.fresh.to_dict(), **overrides)
     return cfg.replace(vocab_size=max(cfg.vocab_size, vocab_size))
@@ -289,6 +292,12 @@ def build_run(config, tokenizer, original_vocab: int, num_steps: int, devices=No
     init_path = resolve_model_path(config.model.init_from)
     special_ids = sorted(formatting.add_special_tokens(tokenizer).values())
     cfg = model_config(config, init_path, len(tokenizer))
+    return assemble_run(config, cfg, tokenizer, special_ids, original_vocab, init_path, num_steps, devices)
+
+
+def assemble_run(config, cfg: LlamaConfig, tokenizer, special_ids: list[int], original_vocab: int,
+                 init_path: pathlib.Path | None, num_steps: int, devices=None) -> Run:
+    """The mesh, optimizer and every sharding for a model config; `tokenizer` may be None (planning)."""
     mesh = sharding.make_mesh(tuple(config.mesh.shape), devices)
     rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
     schedule = make_schedule(config.optimizer, num_steps)
@@ -349,7 +358,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
             donate_argnums=(0,),
         )
         history, state = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, run.mesh, ckpt,
-                               data_fp, is_main, run.num_trainable)
+                               data_fp, is_main, run.num_trainable, run.cfg)
     ckpt.wait()
     ckpt.close()
     if config.eval.at_end and history:
@@ -515,7 +524,7 @@ def _initial_params(run: Run):
 
 
 def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, mesh, ckpt, data_fp, is_main,
-          num_trainable) -> list[dict]:
+          num_trainable, cfg: LlamaConfig) -> list[dict]:
     batch_sharding = NamedSharding(mesh, BATCH_AXES)
     history: list[dict] = []
     peak = peak_flops_per_device()
@@ -533,9 +542,9 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
     with _Stop() as stop:
         for step, local in batches.iterate(start, num_steps):
             batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
-            if compiled is None:  # compiled once; its cost analysis gives the FLOPs for MFU
+            if compiled is None:  # compiled once
                 compiled = step_fn.lower(state, frozen, batch).compile()
-                flops = _flops(compiled)
+                flops = step_flops(cfg, local)
                 window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
             window_tokens += int(local["query_mask"].sum() + local["doc_mask"].sum()) * jax.process_count()
             state, metrics = compiled(state, frozen, batch)
@@ -575,10 +584,9 @@ def _agree(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _flops(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) or None
-    except Exception:  # cost analysis is best effort on some backends
-        return None
+def step_flops(cfg: LlamaConfig, local_batch: dict) -> float:
+    """Model FLOPs of one step on the global batch whose process-local part is `local_batch`."""
+    b, tq = local_batch["query_ids"].shape
+    n, td = local_batch["doc_ids"].shape
+    return flops_lib.train_step_flops(cfg, b * jax.process_count(), n // b, tq, td,
+                                      local_batch["gen_positions"].shape[1])

@@ -253,3 +253,12 @@ def test_build_example_is_deterministic():
                          for i, r in enumerate(recs * 5)]
     assert draw(0) == draw(0)
     assert draw(0) != draw(100)
+
+
+def test_train_batch_shapes_match_collate_train(tok):
+    """The planner's shapes (no tokenizer) are exactly what the formatter produces."""
+    batch = Formatter(tok, 6, 5, 7).collate_train(_examples())
+    shapes = formatting.train_batch_shapes(3, 2, 6, 5, 7)
+    assert set(shapes) == set(batch)
+    for key, (shape, dtype) in shapes.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key

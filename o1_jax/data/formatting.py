@@ -31,6 +31,8 @@ __all__ = [
     "build_example",
     "QueryTokens",
     "Formatter",
+    "sequence_lengths",
+    "train_batch_shapes",
 ]
 
 SPECIAL_TOKENS = ("<query>", "</query>", "<thought>", "<emb>")
@@ -129,6 +131,23 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def sequence_lengths(max_query_tokens: int, max_thought_tokens: int, max_doc_tokens: int) -> tuple[int, int, int]:
+    """(Tq, Kg, Td) of a training batch: `<query>q</query><thought>t<eos><emb>` has five specials,
+    the generation targets are the thought and its `<eos>`, a document ends with `<emb>`."""
+    return max_query_tokens + max_thought_tokens + 5, max_thought_tokens + 1, max_doc_tokens + 1
+
+
+def train_batch_shapes(batch: int, group: int, max_query_tokens: int, max_thought_tokens: int,
+                       max_doc_tokens: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{key: (shape, dtype)} of `Formatter.collate_train`'s output, without a tokenizer (for planning)."""
+    tq, kg, td = sequence_lengths(max_query_tokens, max_thought_tokens, max_doc_tokens)
+    return {"query_ids": ((batch, tq), np.int32), "query_mask": ((batch, tq), np.int32),
+            "gen_positions": ((batch, kg), np.int32), "gen_targets": ((batch, kg), np.int32),
+            "gen_weights": ((batch, kg), np.float32),
+            "doc_ids": ((batch * group, td), np.int32), "doc_mask": ((batch * group, td), np.int32),
+            "teacher_scores": ((batch, group), np.float32), "teacher_mask": ((batch,), np.float32)}
+
+
 class Formatter:
     """Tokenises and pads O1 queries and documents.
 
@@ -153,9 +172,8 @@ class Formatter:
             raise ValueError("Formatter: the tokenizer has no eos_token; the thought must end with one.")
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
-        self.Tq = self.max_query_tokens + self.max_thought_tokens + 5
-        self.Td = self.max_doc_tokens + 1
-        self.Kg = self.max_thought_tokens + 1
+        self.Tq, self.Kg, self.Td = sequence_lengths(self.max_query_tokens, self.max_thought_tokens,
+                                                     self.max_doc_tokens)
 
     # ---- tokenisation ----
 

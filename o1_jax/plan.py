@@ -1,0 +1,239 @@
+"""Ahead-of-time memory plan: compile the real train step for hardware this machine does not have.
+
+  python -m o1_jax.plan --config configs/qwen25_7b_o1.py --topology v5p:2x2x1
+  python -m o1_jax.plan --config configs/llama3_8b_o1.py --topology v5p:4x4x4
+  python -m o1_jax.plan --config configs/qwen25_7b_o1.py:h100x8 --cpu_devices 8 --hbm_gib 80
+
+With `--topology`, the step is compiled by XLA's TPU compiler for compile-only TPU devices
+(`jax.experimental.topologies`, needs `libtpu`: `pip install -r requirements-plan.txt`).
+With `--cpu_devices N`, it is compiled for N fake CPU devices: the same sharding and program,
+but the CPU compiler's fusion and buffer reuse, so its temporary memory is an estimate.
+Nothing is allocated and no weights are read: shapes come from the model folder's
+config.json when it exists here, else from `config.model.architecture` (o1_jax.models.presets).
+
+Reported per device: arguments (train state, frozen weights, batch), outputs, the part of the
+outputs that reuses donated arguments, temporaries, and their sum as the step's peak; FLOPs
+per step from the compiler's cost analysis; the device's HBM and whether the step fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+
+# HBM per chip in GiB, by the `device_kind` a compile-only device reports.
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+GIB = 2**30
+
+
+@dataclasses.dataclass
+class Plan:
+    target: str  # "v5p:4x4x4" or "8 CPU devices"
+    device_kind: str
+    num_devices: int
+    mesh: dict
+    model: str
+    params: int
+    trainable: int
+    global_batch: int
+    argument_gib: float
+    output_gib: float
+    alias_gib: float
+    temp_gib: float
+    peak_gib: float  # arguments + outputs - aliased + temporaries, per device
+    hbm_gib: float | None
+    flops_per_step: float  # model FLOPs of the whole step (o1_jax.flops), all devices together
+    compile_s: float
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm_gib is None else self.peak_gib <= self.hbm_gib
+
+    def summary(self) -> str:
+        lines = [
+            f"target: {self.target} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}",
+            f"model: {self.model}, {self.params / 1e9:.2f}B parameters, {self.trainable / 1e6:,.1f}M trainable; "
+            f"global batch {self.global_batch} queries",
+            f"per device: arguments {self.argument_gib:.2f} GiB + outputs {self.output_gib:.2f} GiB "
+            f"- donated {self.alias_gib:.2f} GiB + temporaries {self.temp_gib:.2f} GiB = peak {self.peak_gib:.2f} GiB",
+        ]
+        lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (all devices); compiled in {self.compile_s:.1f} s")
+        if self.hbm_gib is None:
+            lines.append("HBM: unknown for this device (pass --hbm_gib to compare)")
+        elif self.fits:
+            lines.append(f"fits: yes, {self.peak_gib:.2f} of {self.hbm_gib:g} GiB "
+                         f"({self.hbm_gib - self.peak_gib:.2f} GiB free)")
+        else:
+            lines.append(f"fits: NO, {self.peak_gib:.2f} GiB needed on {self.hbm_gib:g} GiB: "
+                         f"{self.peak_gib - self.hbm_gib:.2f} GiB over (try model.remat_policy, a larger fsdp "
+                         "axis, train.microbatches or a shorter data.max_*_tokens)")
+        return "\n".join(lines)
+
+
+def topology_devices(topology: str) -> list:
+    """Compile-only devices of a TPU slice, e.g. 'v5p:4x4x4' or 'v5e:16x16'."""
+    try:
+        import libtpu  # noqa: F401  (only to give a clear error)
+    except ImportError:
+        raise SystemExit(f"--topology {topology}: libtpu is not installed; "
+                         "pip install -r requirements-plan.txt (or use --cpu_devices N)") from None
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as e:  # libtpu's messages are long; its first line names the problem
+        raise SystemExit(f"--topology {topology}: not a TPU topology libtpu knows "
+                         f"(expected e.g. v5p:2x2x1, v5e:4x4, v4:2x2x2): {str(e).splitlines()[0]}") from None
+
+
+def planned_model(config):
+    """(LlamaConfig, tokenizer size, description) without loading weights."""
+    from o1_jax import trainer
+    from o1_jax.data.synthetic import make_tokenizer
+    from o1_jax.hf import convert
+    from o1_jax.models import presets
+
+    m = config.model
+    spec = m.init_from
+    folder = None
+    if spec and not spec.startswith("shipped:") and pathlib.Path(spec).expanduser().is_dir():
+        folder = pathlib.Path(spec).expanduser()
+    elif spec.startswith("shipped:"):
+        folder = trainer.resolve_model_path(spec)
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                     lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
+    if folder is not None:
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(m.tokenizer or folder)
+        return convert.read_config(folder, **overrides), len(tokenizer), str(folder)
+    if m.architecture:
+        cfg, size = presets.preset(m.architecture, **overrides)
+        return cfg, size, f"architecture {m.architecture!r}"
+    if spec:
+        raise SystemExit(f"config.model.init_from={spec!r} is not a folder here; set config.model.architecture "
+                         "to plan without the weights")
+    size = len(make_tokenizer()) if m.tokenizer == "synthetic" else None
+    if size is None:
+        raise SystemExit("config.model: a fresh model needs model.tokenizer='synthetic' or model.architecture "
+                         "to plan")
+    return trainer.model_config(config, None, size), size, "fresh model"
+
+
+def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Plan:
+    import time
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+
+    from o1_jax import flops as flops_lib
+    from o1_jax import trainable, trainer
+    from o1_jax.data import formatting
+
+    cfg, tokenizer_size, source = planned_model(config)
+    special_ids = list(range(tokenizer_size, tokenizer_size + len(formatting.SPECIAL_TOKENS)))
+    cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tokenizer_size + len(special_ids)))
+    num_steps = config.train.num_steps or 1000
+    run = trainer.assemble_run(config, cfg, None, special_ids, tokenizer_size, None, num_steps, devices)
+    trainer._check_batch(config, run.mesh)
+    d, b = config.data, config.train.global_batch_size
+    batch_sharding = NamedSharding(run.mesh, trainer.BATCH_AXES)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+             for k, (shape, dtype) in formatting.train_batch_shapes(
+                 b, d.group_size, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens).items()}
+
+    def with_shardings(tree, shardings):
+        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        state = with_shardings(trainer._abstract_state(cfg, special_ids, run.tx), run.state_shardings)
+        _, frozen = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), trainer.param_shapes(cfg))
+        frozen = with_shardings(frozen, run.frozen_shardings)
+        step = jax.jit(
+            trainer.make_train_step(run.model, run.tx, run.schedule, config.loss, special_ids,
+                                    config.train.microbatches),
+            in_shardings=(run.state_shardings, run.frozen_shardings, batch_sharding),
+            out_shardings=(run.state_shardings, run.replicated),
+            donate_argnums=(0,),
+        )
+        start = time.perf_counter()
+        compiled = step.lower(state, frozen, batch).compile()
+        compile_s = time.perf_counter() - start
+
+    mem = compiled.memory_analysis()
+    arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    flops = flops_lib.train_step_flops(cfg, b, d.group_size, batch["query_ids"].shape[1], batch["doc_ids"].shape[1],
+                                       batch["gen_positions"].shape[1])
+    kind = devices[0].device_kind
+    hbm = hbm_gib if hbm_gib is not None else HBM_GIB.get(kind)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(trainer.param_shapes(cfg)))
+    return Plan(
+        target=target, device_kind=kind, num_devices=len(devices), mesh=dict(run.mesh.shape),
+        model=f"{cfg.model_type} from {source}, {cfg.dtype} compute / {cfg.param_dtype} params, remat "
+              f"{cfg.remat_policy}, " + (f"LoRA r={cfg.lora_rank}" if cfg.lora_rank else "full fine-tuning"),
+        params=num_params, trainable=run.num_trainable, global_batch=b,
+        argument_gib=arg / GIB, output_gib=out / GIB, alias_gib=alias / GIB, temp_gib=temp / GIB,
+        peak_gib=(arg + out - alias + temp) / GIB, hbm_gib=hbm,
+        flops_per_step=flops, compile_s=compile_s)
+
+
+def _cpu_devices_from_argv(argv: list[str]) -> int:
+    """--cpu_devices must be known before JAX starts: it becomes XLA_FLAGS."""
+    for i, a in enumerate(argv):
+        if a.startswith("--cpu_devices="):
+            return int(a.split("=", 1)[1])
+        if a == "--cpu_devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return 0
+
+
+def main() -> None:
+    n = _cpu_devices_from_argv(sys.argv)
+    if n:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py[:variant])",
+                                             lock_config=True)
+    topology = flags.DEFINE_string("topology", None, "TPU topology to compile for, e.g. v5p:4x4x4 or v5e:16x16")
+    cpu_devices = flags.DEFINE_integer("cpu_devices", 0, "compile for N fake CPU devices instead of a TPU")
+    hbm = flags.DEFINE_float("hbm_gib", None, "device memory to compare against (default: the TPU's HBM)")
+    json_out = flags.DEFINE_string("json", None, "also write the plan to this JSON file")
+    flags.mark_flag_as_required("config")
+
+    def run(argv):
+        del argv
+        if bool(topology.value) == bool(cpu_devices.value):
+            raise app.UsageError("give exactly one of --topology (e.g. v5p:4x4x4) or --cpu_devices N")
+        import jax
+
+        if cpu_devices.value:
+            devices, target = jax.devices("cpu")[: cpu_devices.value], f"{cpu_devices.value} CPU devices"
+            if len(devices) < cpu_devices.value:
+                raise SystemExit(f"--cpu_devices {cpu_devices.value}: only {len(devices)} CPU devices exist")
+        else:
+            devices, target = topology_devices(topology.value), topology.value
+        result = plan(config.value, devices, target, hbm.value)
+        print(result.summary(), flush=True)
+        if json_out.value:
+            out = pathlib.Path(json_out.value)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+            tmp.write_text(json.dumps(dict(dataclasses.asdict(result), fits=result.fits), indent=2) + "\n")
+            os.replace(tmp, out)
+        if result.fits is False:
+            sys.exit(2)
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()
