@@ -34,7 +34,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.data.synthetic = False  # the embedded demo task instead of data.train
     c.data.synthetic_train = 4000
     c.data.synthetic_test = 200
-    c.data.cache_dir = ""  # array_record conversion; "" = <workdir>/data_cache
+    # array_record conversion, always local: "" = <workdir>/data_cache, or for a gs:// workdir
+    # ~/.cache/o1_jax/data/<hash of its URL>
+    c.data.cache_dir = ""
     c.data.num_shards = 1
     c.data.max_query_tokens = 32
     c.data.max_thought_tokens = 128

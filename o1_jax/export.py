@@ -1,6 +1,7 @@
 """`python -m o1_jax.export --workdir DIR --out OUT [--step N] [--overwrite] [--max-shard-size 5GB]`
 
-Turns a training workdir's checkpoint (the latest, or `--step`) into one self-contained folder:
+Turns a training workdir's checkpoint (the latest, or `--step`) into one self-contained folder
+(DIR may be a URL such as gs://bucket/run; OUT is a local folder):
 
   * a Hugging Face `LlamaForCausalLM` (LoRA merged): safetensors, config.json, the tokenizer with the
     O1 special tokens `<query> </query> <thought> <emb>`, and a generation config for thinking;
@@ -56,6 +57,8 @@ import sys
 import uuid
 from typing import Any
 
+from etils import epath
+
 # The document suffix and the kwargs that make sentence-transformers' tokenizer append it.
 EMB = "<emb>"
 ST_PROCESSOR_KWARGS = {
@@ -82,11 +85,12 @@ PATH_PLACEHOLDER = "path/to/this/folder"
 # ----------------------------------------------------------------------------- checks before any work
 
 
-def check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
+def check_destination(workdir: str | os.PathLike, out: pathlib.Path, overwrite: bool) -> None:
     """Raises (touching nothing) when `out` may not be written."""
-    w, o = workdir.resolve(), out.resolve()
-    if o == w or o in w.parents:
-        raise ValueError(f"{out}: is the workdir {workdir} or contains it; choose another --out")
+    if "://" not in os.fspath(workdir):  # a local `out` cannot contain a remote workdir
+        w, o = pathlib.Path(workdir).resolve(), out.resolve()
+        if o == w or o in w.parents:
+            raise ValueError(f"{out}: is the workdir {workdir} or contains it; choose another --out")
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder (expected a new or empty folder for the export)")
@@ -94,7 +98,7 @@ def check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool)
             raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite / overwrite=True to replace it)")
 
 
-def read_eval_results(workdir: pathlib.Path) -> list[tuple[str, dict]]:
+def read_eval_results(workdir: epath.Path) -> list[tuple[str, dict]]:
     """[(file name, results)] from `workdir/eval/*.json` (written by o1_jax.evaluate / eval.at_end)."""
     found = []
     for path in sorted((workdir / "eval").glob("*.json")):
@@ -109,7 +113,7 @@ def read_eval_results(workdir: pathlib.Path) -> list[tuple[str, dict]]:
     return found
 
 
-def resolve_step(workdir: pathlib.Path, step: int | None) -> int | None:
+def resolve_step(workdir: epath.Path, step: int | None) -> int | None:
     """The step to export: `step`, else the newest finished checkpoint (None when there is none)."""
     if step is not None:
         return int(step)
@@ -427,7 +431,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
 
     Raises FileExistsError (touching nothing) when `out` exists and is not empty and `overwrite` is False.
     """
-    workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+    workdir, out = epath.Path(workdir), pathlib.Path(out)
     check_destination(workdir, out, overwrite)  # before anything slow
     run_config = workdir / "run_config.json"
     if not run_config.is_file():

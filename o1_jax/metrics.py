@@ -18,6 +18,11 @@ CRC32C, payload, masked CRC32C) around a `tensorflow.Event` protobuf holding
 
 Values are reported as given: a `None` (e.g. MFU on CPU, where no peak is known)
 is left out of all three outputs rather than replaced by a made-up number.
+
+A remote workdir (a URL such as gs://bucket/run) cannot be appended to: GCS objects are
+written whole. There both files are written in a local temporary folder and copied to the
+workdir whole by `flush()` (the trainer calls it at each checkpoint) and by `close()`. A
+killed run thus leaves the lines up to its last checkpoint, which is where it resumes.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import itertools
 import json
 import math
 import os
+import pathlib
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -227,6 +235,7 @@ class MetricWriter:
     A second writer on the same workdir (a resumed run) appends to `metrics.jsonl` and
     starts a new event file. Pass `purge_step=<step resumed from>` to have TensorBoard
     hide the earlier run's points from that step on; `metrics.jsonl` keeps everything.
+    `workdir` may be a URL (gs://...): see the module docstring.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True,
@@ -234,9 +243,19 @@ class MetricWriter:
         self.enabled = enabled
         self._jsonl = None
         self._events = None
+        self._remote = None  # the workdir when it is a URL; the files are written locally and copied there
         if not enabled:
             return
         workdir = os.fspath(workdir)
+        if "://" in workdir:
+            from etils import epath
+
+            self._remote = epath.Path(workdir)
+            self._local = tempfile.mkdtemp(prefix="o1_jax_metrics.")
+            earlier = self._remote / "metrics.jsonl"
+            if earlier.exists():  # a resumed run continues the file, as on a local workdir
+                pathlib.Path(self._local, "metrics.jsonl").write_bytes(earlier.read_bytes())
+            workdir = self._local
         os.makedirs(workdir, exist_ok=True)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         # Append-only logs, not write-then-rename (CONVENTIONS 8): a killed run must keep
@@ -272,15 +291,26 @@ class MetricWriter:
             self._events.write(step, scalars, now)
 
     def flush(self) -> None:
-        pass  # every write is flushed already; kept so callers need not know
+        """Brings a remote workdir's files up to date; local files are flushed at every write already."""
+        if self._remote is None or self._jsonl is None:
+            return
+        for path in [self.jsonl_path] + ([self._events.path] if self._events is not None else []):
+            # A whole-object upload: the workdir's copy is the old or the new file, never a part.
+            (self._remote / os.path.relpath(path, self._local)).write_bytes(pathlib.Path(path).read_bytes())
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        try:
+            self.flush()
+        finally:
+            if self._jsonl is not None:
+                self._jsonl.close()
+                self._jsonl = None
+            if self._events is not None:
+                self._events.close()
+                self._events = None
+        if self._remote is not None:  # copied: the local folder is no longer needed (kept if the copy failed)
+            shutil.rmtree(self._local, ignore_errors=True)
+            self._remote = None
 
     def __enter__(self) -> MetricWriter:
         return self

@@ -5,16 +5,24 @@ Order of initialisation: the run's own latest checkpoint, else `model.init_from`
 folder), else a fresh model from `model.fresh`. The step is compiled once with
 `jax.jit(in_shardings, out_shardings, donate_argnums)`; batches are built from
 process-local data with `jax.make_array_from_process_local_data`.
+
+The workdir is an `etils.epath.Path`: a local folder or a URL such as `gs://bucket/run` (a TPU
+pod). Checkpoints, `run_config.json`, `tokenizer/`, `eval/` and the metrics go there; the
+array_record data cache never does, since it is read by memory-mapped random access (see
+`data_cache_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Any, Iterator
@@ -24,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from o1_jax import flops as flops_lib
@@ -193,9 +202,36 @@ class Batches:
             done.set()
 
 
-def prepare_data(config, workdir: pathlib.Path, tokenizer) -> tuple[storage.RecordSource, pathlib.Path]:
+def is_remote(path: str | os.PathLike) -> bool:
+    """A URL (gs://, s3://, ...): no memory maps, no appends, no atomic folder renames there."""
+    return "://" in os.fspath(path)
+
+
+# Where the data cache of a remote workdir goes when config.data.cache_dir is empty: a folder on
+# this machine's disk named by the workdir's URL, so a restart on the same machine reuses it.
+REMOTE_DATA_CACHE = "~/.cache/o1_jax/data"
+
+
+def data_cache_dir(config, workdir: epath.Path) -> pathlib.Path:
+    """The local folder for the array_record cache (memory-mapped, so never a URL)."""
+    if config.data.cache_dir:
+        if is_remote(config.data.cache_dir):
+            raise ValueError(f"config.data.cache_dir={config.data.cache_dir!r}: expected a local folder "
+                             "(the array_record cache is read by memory-mapped random access)")
+        return pathlib.Path(config.data.cache_dir).expanduser()
+    if not is_remote(workdir):
+        return pathlib.Path(workdir) / "data_cache"
+    digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
+    cache = pathlib.Path(REMOTE_DATA_CACHE).expanduser() / digest
+    if jax.process_index() == 0:
+        print(f"data cache: {cache} (local, as the workdir {workdir} is remote; set config.data.cache_dir "
+              "to choose another folder)", flush=True)
+    return cache
+
+
+def prepare_data(config, workdir: epath.Path, tokenizer) -> tuple[storage.RecordSource, pathlib.Path]:
     d = config.data
-    cache = pathlib.Path(d.cache_dir or (workdir / "data_cache")).expanduser() / f"process{jax.process_index()}"
+    cache = data_cache_dir(config, workdir) / f"process{jax.process_index()}"
     if d.synthetic:
         demo = write_demo_data(cache / "demo", seed=config.seed, num_train=d.synthetic_train,
                                num_test=d.synthetic_test)
@@ -282,7 +318,7 @@ class Run:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def checkpointer(self, workdir: pathlib.Path) -> Checkpointer:
+    def checkpointer(self, workdir: epath.Path) -> Checkpointer:
         t = self.config.train
         return Checkpointer(workdir / "checkpoints", save_every=t.checkpoint_every, keep=t.keep_checkpoints,
                             async_save=True, config_fingerprint=_fingerprint(self.cfg, self.config))
@@ -323,9 +359,9 @@ def assemble_run(config, cfg: LlamaConfig, tokenizer, special_ids: list[int], or
 
 
 def train(config, workdir: str | os.PathLike, devices: list | None = None) -> TrainResult:
-    """Runs (or resumes) the job in `workdir`, on `devices` (default: all)."""
+    """Runs (or resumes) the job in `workdir` (a local folder or a URL), on `devices` (default: all)."""
     _maybe_initialize_distributed(config)
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +402,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
     return TrainResult(history, state, frozen)
 
 
-def evaluate_at_end(run: Run, state, frozen, workdir: pathlib.Path, source_folder: pathlib.Path) -> dict | None:
+def evaluate_at_end(run: Run, state, frozen, workdir: epath.Path, source_folder: pathlib.Path) -> dict | None:
     """No-think vs think(k) retrieval on a BEIR folder with the parameters just trained."""
     from o1_jax.inference.embedder import O1Embedder
     from o1_jax.retrieval.evaluate import evaluate_beir, format_table
@@ -392,25 +428,27 @@ def evaluate_at_end(run: Run, state, frozen, workdir: pathlib.Path, source_folde
 
 
 RUN_CONFIG = "run_config.json"
+# Written last into a remote workdir's tokenizer/ (as orbax marks finished checkpoints on GCS):
+# an object store cannot rename a folder atomically, so a folder without it is a cut-off upload.
+TOKENIZER_COMMIT = "commit_success.txt"
 
 
 def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices=None, mesh_shape=(1, -1, 1)):
     """(model, full params, tokenizer, config) of a run's latest (or given) checkpoint, LoRA unmerged.
 
     The parameters are placed on `mesh_shape` over `devices` (default: FSDP over all of them),
-    whatever mesh the run trained on.
+    whatever mesh the run trained on. `workdir` may be a URL (gs://...).
     """
     import ml_collections
-    import transformers
 
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     for needed in (RUN_CONFIG, "tokenizer", "checkpoints"):
         if not (workdir / needed).exists():
             raise FileNotFoundError(f"{workdir}: no {needed} (expected the workdir of a `python -m o1_jax.train` run)")
     saved = json.loads((workdir / RUN_CONFIG).read_text())
     config = ml_collections.ConfigDict(saved["config"])
     config.mesh.shape = tuple(mesh_shape)  # the training mesh may need more devices than are here
-    tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "tokenizer")
+    tokenizer = _load_tokenizer(workdir / "tokenizer")
     run = build_run(config, tokenizer, saved["original_vocab"], num_steps=1, devices=devices)
     ckpt = run.checkpointer(workdir)
     step = ckpt.latest_step() if step is None else step
@@ -429,11 +467,12 @@ def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices
     return run.model, params, tokenizer, config
 
 
-def _atomic_write_json(path: pathlib.Path, obj) -> None:
+def _atomic_write_json(path: str | os.PathLike, obj) -> None:
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    tmp.replace(path)  # os.replace locally; on GCS a copy of one object, which appears whole or not at all
 
 
 def _check_batch(config, mesh) -> None:
@@ -447,15 +486,39 @@ def _check_batch(config, mesh) -> None:
                          f"mesh's data x fsdp = {shards} devices")
 
 
-def _save_tokenizer(tokenizer, out: pathlib.Path) -> None:
-    import shutil
-    import tempfile
+def _save_tokenizer(tokenizer, out: epath.Path) -> None:
+    """`save_pretrained` into `out`, never leaving a half folder that `restore_trained` would load."""
+    if not is_remote(out):
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return
+    # No atomic folder rename on an object store: the commit file goes first and comes back last.
+    with tempfile.TemporaryDirectory(prefix="o1_jax_tokenizer.") as tmp:
+        tokenizer.save_pretrained(tmp)
+        (out / TOKENIZER_COMMIT).unlink(missing_ok=True)
+        out.rmtree(missing_ok=True)  # files of an earlier tokenizer
+        for f in sorted(pathlib.Path(tmp).iterdir()):
+            (out / f.name).write_bytes(f.read_bytes())
+        (out / TOKENIZER_COMMIT).write_text("")
 
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+def _load_tokenizer(folder: epath.Path):
+    """The tokenizer saved by `_save_tokenizer`; a remote folder is copied to a local one first."""
+    import transformers
+
+    if not is_remote(folder):
+        return transformers.AutoTokenizer.from_pretrained(os.fspath(folder))
+    if not (folder / TOKENIZER_COMMIT).exists():
+        raise FileNotFoundError(f"{folder}: no {TOKENIZER_COMMIT}, so its upload was cut off (expected a complete "
+                                "tokenizer folder; rerunning the training command rewrites it)")
+    with tempfile.TemporaryDirectory(prefix="o1_jax_tokenizer.") as tmp:
+        for f in folder.iterdir():
+            if f.name != TOKENIZER_COMMIT:
+                (pathlib.Path(tmp) / f.name).write_bytes(f.read_bytes())
+        return transformers.AutoTokenizer.from_pretrained(tmp)
 
 
 def _match_shardings(abstract_tree, full_shardings, cfg, replicated):
@@ -566,7 +629,8 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 print(f"SIGTERM: saving a checkpoint at step {done} and stopping", flush=True)
                 ckpt.save(done, state, meta(done))
                 break
-            ckpt.maybe_save(done, state, meta(done))
+            if ckpt.maybe_save(done, state, meta(done)):
+                writer.flush()  # a remote workdir's metrics are copied there with each checkpoint
         else:
             if num_steps > start:
                 ckpt.save(num_steps, state, meta(num_steps))

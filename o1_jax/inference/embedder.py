@@ -54,20 +54,23 @@ class O1Embedder:
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path, dtype: str = "float32", **kwargs) -> "O1Embedder":
-        """A training workdir (its latest checkpoint) or an HF folder (special tokens added if missing)."""
+        """A training workdir (its latest checkpoint; local or a URL such as gs://...) or a local HF folder
+        (special tokens added if missing)."""
         import transformers
+        from etils import epath
 
         from o1_jax import hf, trainer
 
-        path = pathlib.Path(path)
-        if (path / trainer.RUN_CONFIG).is_file():
-            model, params, tokenizer, config = trainer.restore_trained(path)
+        workdir = epath.Path(path)
+        if trainer.is_remote(workdir) or (workdir / trainer.RUN_CONFIG).is_file():
+            model, params, tokenizer, config = trainer.restore_trained(workdir)
             if dtype != model.cfg.dtype:
                 model = LlamaForCausalLM(model.cfg.replace(dtype=dtype))
             d = config.data
             defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
                             max_doc_tokens=d.max_doc_tokens)
             return cls(model, params, tokenizer, **{**defaults, **kwargs})
+        path = pathlib.Path(path)
         model, params = hf.load_pretrained(path, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         known = len(tokenizer)
