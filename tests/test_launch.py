@@ -123,7 +123,7 @@ def test_pod_setup_ships_this_checkout_and_installs_jax_tpu(tmp_path):
     tarball = f"{tmp_path}/o1_jax-o1-pod.tar.gz"
     assert out[:2] == [
         line("tar", "-czf", tarball, "-C", str(ROOT), "--exclude=__pycache__", "o1_jax", "configs", "pyproject.toml",
-             "requirements.txt"),
+             "requirements.txt", "requirements-gcs.txt"),
         line(*GCLOUD, "tpu-vm", "scp", tarball, "o1-pod:o1_jax.tar.gz", *AT, "--worker=all"),
     ]
     assert len(out) == 3
@@ -133,6 +133,7 @@ def test_pod_setup_ships_this_checkout_and_installs_jax_tpu(tmp_path):
     jax_version = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
     assert f"-r ~/o1_jax/requirements.txt 'jax[tpu]=={jax_version}'" in remote
     assert "uv venv --python 3.11 ~/o1_venv" in remote
+    assert "-r ~/o1_jax/requirements-gcs.txt" in remote  # gcsfs for the gs:// workdir
     # The rest of README.md's set-up line (the --no-deps packages and the project itself).
     readme_setup = re.search(r"<!-- setup -->\n```bash\n(.*)\n", (ROOT / "README.md").read_text()).group(1)
     no_deps = readme_setup.split("--no-deps", 1)[1].removesuffix(" -e .").strip()

