@@ -1,8 +1,19 @@
 """The embedded default: a tiny Llama trained from scratch on the synthetic "who is the friend of X"
-task, on a 2-core CPU in a few minutes, with no network and no shared data.
+task (o1_jax/data/synthetic.py), on a 2-core CPU in about 2 minutes, with no network and no shared data.
 
   python -m o1_jax.train --config configs/demo.py --workdir /tmp/o1_demo
   python -m o1_jax.train --config configs/demo.py:short --workdir /tmp/o1_demo_short   # tests
+
+It ends by evaluating the held-out people (eval.at_end): without thinking the query names only the
+asked-about person, whose document is the wrong one; with thinking the model writes the related
+person's name, found by the relation rule it learnt, and retrieves the right document.
+
+The thought is what must be learnt, so the generation loss weighs 4.0 (the library default 0.2
+did not teach the rule in 400 steps, and with 2.0 one seed in three learnt the last-name map only
+half; with 4.0 seeds 0, 1 and 2 all write the right name for every held-out query). The length
+limits fit the task's longest query (11 words), thought (19) and document (14), so no compute goes
+to padding, and 3-document groups (the positive, the subject's own document, one more hard
+negative) keep the step cheap.
 """
 
 from o1_jax.defaults import train_config
@@ -18,12 +29,13 @@ def get_config(arg: str | None = None):
     c.model.fresh.num_key_value_heads = 2
     c.data.synthetic = True
     c.data.synthetic_train = 6000
-    c.data.max_query_tokens = 16
-    c.data.max_thought_tokens = 24
-    c.data.max_doc_tokens = 16
-    c.data.group_size = 4
+    c.data.max_query_tokens = 12  # tests/test_synthetic.py checks these cover the task's texts
+    c.data.max_thought_tokens = 20
+    c.data.max_doc_tokens = 14
+    c.data.group_size = 3
     c.loss.temperature = 0.05
-    c.optimizer.lr = 2e-3
+    c.loss.w_gen = 4.0
+    c.optimizer.lr = 3e-3
     c.optimizer.warmup_fraction = 0.05
     c.optimizer.decay = "cosine"
     c.optimizer.weight_decay = 0.01

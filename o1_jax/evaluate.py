@@ -6,15 +6,17 @@ reports nDCG@10, MRR@10, Recall@100 and Recall@1000 for no-think and think(k), s
 writes the results as JSON (default: <model path>/eval/<folder name>-<split>.json) and prints a table.
 """
 
+import hashlib
 import json
-import os
 import pathlib
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.evaluate import evaluate_beir, format_table
+from o1_jax.trainer import is_remote
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an evaluation config (configs/eval_beir.py).",
                                           lock_config=True)
@@ -27,18 +29,21 @@ def run(config) -> dict:
                          "(a training workdir or HF folder, and a BEIR folder)")
     embedder = O1Embedder.from_pretrained(config.model.path, dtype=config.model.dtype,
                                           **({"batch_size": config.batch_size} if config.batch_size else {}))
-    model_path = pathlib.Path(config.model.path)
+    model_path = epath.Path(config.model.path)
     folder = pathlib.Path(config.data.path)
     cache = config.cache_dir or str(model_path / "eval" / "cache")
+    if is_remote(cache):  # the corpus cache is memory-mapped: keep it on this machine
+        digest = hashlib.sha256(cache.encode()).hexdigest()[:16]
+        cache = str(pathlib.Path("~/.cache/o1_jax/eval").expanduser() / digest)
     results = evaluate_beir(embedder, folder, config.data.split, num_thoughts=config.num_thoughts,
                             modes=tuple(config.modes), top_k=config.top_k, index_mode=config.index_mode,
                             cache_dir=cache, max_queries=config.max_queries, seed=config.seed,
                             aggregate=config.aggregate)
-    out = pathlib.Path(config.output or model_path / "eval" / f"{folder.name}-{config.data.split}.json")
+    out = epath.Path(config.output or model_path / "eval" / f"{folder.name}-{config.data.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.parent / f".{out.name}.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    tmp.rename(out)
     print(f"{folder.name} ({config.data.split}, {results['num_queries']} queries, {results['num_docs']} docs)")
     print(format_table(results))
     print(f"results: {out}")

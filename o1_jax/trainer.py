@@ -262,6 +262,7 @@ def _maybe_initialize_distributed(config) -> None:
 def _fingerprint(cfg: LlamaConfig, config) -> dict:
     model = dataclasses.asdict(cfg)
     model.pop("remat_policy")  # changing remat does not change what is stored
+    model.pop("scan_layers")
     model.pop("dtype")
     return {"model": model, "init_from": config.model.init_from, "seed": config.seed,
             "global_batch_size": config.train.global_batch_size}
@@ -349,10 +350,9 @@ def assemble_run(config, cfg: LlamaConfig, tokenizer, special_ids: list[int], or
     frozen_shardings = _match_shardings(abstract_frozen, full_shardings, cfg, replicated)
     abstract_train = jax.tree_util.tree_map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract_train, train_shardings)
-    # Adam's moments follow their parameters: let the compiler propagate the shardings.
-    opt_shardings = jax.tree_util.tree_map(
-        lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else replicated,
-        jax.jit(tx.init).lower(abstract_train).compile().output_shardings)
+    # Adam's moments are sharded like their parameters; counters and other scalars are replicated.
+    opt_shardings = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract_train),
+                                          train_shardings, transform_non_params=lambda _: replicated)
     state_shardings = {"params": train_shardings, "opt_state": opt_shardings, "step": replicated}
     return Run(config, cfg, LlamaForCausalLM(cfg), tokenizer, special_ids, original_vocab, init_path, mesh, rules,
                tx, schedule, full_shardings, state_shardings, frozen_shardings, trainable.count(abstract_train))

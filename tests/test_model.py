@@ -179,3 +179,25 @@ def test_bad_configs_are_clear_errors():
         LlamaConfig(num_attention_heads=6, num_key_value_heads=4)
     with pytest.raises(ValueError, match="remat_policy"):
         LlamaConfig(remat_policy="sometimes")
+
+
+def test_unscanned_layers_give_the_same_logits_and_cache():
+    """`scan_layers=False` (decoding) with `unstack_layers` parameters is the same model."""
+    from o1_jax.models.llama import init_cache, unstack_layers
+
+    cfg = LlamaConfig.from_hf_dict(_tiny("gqa_tied").to_dict())
+    params = init_params(cfg, jax.random.key(0))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 7)), jnp.int32)
+    scanned = LlamaForCausalLM(cfg).apply({"params": params}, ids).logits
+    flat_model = LlamaForCausalLM(cfg.replace(scan_layers=False))
+    flat = unstack_layers(params)
+    assert "layers" not in flat["model"] and f"layers_{cfg.num_hidden_layers - 1}" in flat["model"]
+    np.testing.assert_allclose(flat_model.apply({"params": flat}, ids).logits, scanned, atol=1e-5)
+    # With a per-layer cache (a list of [B, K, S, H]) the prefill writes what the stacked cache holds.
+    positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    stacked = LlamaForCausalLM(cfg).apply({"params": params}, ids, position_ids=positions,
+                                          attention_mask=jnp.ones((2, 9), jnp.int32), cache=init_cache(cfg, 2, 9)).cache
+    per_layer = flat_model.apply({"params": flat}, ids, position_ids=positions, attention_mask=jnp.ones((2, 9), jnp.int32),
+                                 cache={k: list(v) for k, v in init_cache(cfg, 2, 9).items()}).cache
+    for key in ("k", "v"):
+        np.testing.assert_allclose(np.stack(per_layer[key]), stacked[key], atol=1e-5)

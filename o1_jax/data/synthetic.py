@@ -1,10 +1,10 @@
 """The built-in demo task: a synthetic retrieval set on which thinking helps.
 
 A world of 1,600 people named "<first> <last>" (made-up words, 40 x 40), each
-living in a city, working a job, liking a hobby. Four relations (friend,
-neighbour, colleague, cousin) link people by a fixed rule on the name parts:
-the friend of "f l" is "pi(f) sigma(l)", with one pair of permutations per
-relation drawn from the seed. So
+living in a city, working a job, liking a hobby. Two relations (friend,
+neighbour) link people by a fixed rule on the name parts: the friend of
+"f l" is "pi(f) sigma(l)", with one pair of permutations per relation drawn
+from the seed. So
 
   query:    where does the friend of kamo rizel live ?
   thought:  the friend of kamo rizel is bane tosul . so the answer is where bane tosul lives .
@@ -19,10 +19,17 @@ the document. The rule acts on each name part separately, so it generalises
 to people never asked about in training: the test split asks only about
 people that no training query mentions.
 
-Hard negatives: the asked-about person's own document, the documents of the
-other relations of that person, then people sharing a name part, city, job or
-hobby with the answer. The vocabulary is closed (about 250 words) and does not
-depend on the seed, so `make_tokenizer()` covers every seed.
+Two relations, not more, so that the demo's tiny model learns the rule in a
+few hundred steps on a CPU: it must learn one first-name and one last-name
+map per relation, 2 x 40 (relation, name part) pairs each. With four
+relations (4 x 40 pairs each) the same 400 steps got the related person's
+first name right in 43% of the held-out thoughts, the last name in 24%, both
+in 9%, and thinking reached only nDCG@10 0.11 (two relations: 1.0).
+
+Hard negatives: the asked-about person's own document, the document of that
+person's other relation, then people sharing a name part, city, job or hobby
+with the answer. The vocabulary is closed (188 words) and does not depend on
+the seed, so `make_tokenizer()` covers every seed.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ __all__ = [
 N_FIRST, N_LAST = 40, 40
 TEST_FRACTION = 0.1  # of people held out as the subject of test queries
 
-RELATIONS = ("friend", "neighbour", "colleague", "cousin")
+RELATIONS = ("friend", "neighbour")  # see the module docstring: more are not learnt in the demo
 ATTRIBUTES = ("city", "job", "hobby")
 
 CITIES = (

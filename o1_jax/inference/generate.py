@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from o1_jax.losses import l2_normalize
-from o1_jax.models.llama import LlamaForCausalLM, default_positions, init_cache
+from o1_jax.models.llama import LlamaForCausalLM, default_positions, init_cache, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +55,32 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.A
 def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool, num_samples: int = 1):
     """One jitted function per (model, sampling, embed, num_samples); shapes add their own compilations."""
 
+    # Decoding runs one module per layer. Under nn.scan every token would copy each layer's
+    # weights out of the stacked arrays (XLA slices them into new buffers for the matmuls).
+    decoder = LlamaForCausalLM(model.cfg.replace(scan_layers=False, remat_policy="none"))
+
     def run(params, prompt_ids, prompt_mask, rng, eos_id, pad_id, emb_id):
+        if model.cfg.scan_layers:
+            params = unstack_layers(params)  # once per call, not once per token
         prompt_ids, prompt_mask = prompt_ids.astype(jnp.int32), prompt_mask.astype(jnp.int32)
         u, p = prompt_ids.shape
         b = u * num_samples  # row i * num_samples + j is sample j of prompt i
         n = sampling.max_new_tokens
-        cache = init_cache(model.cfg, u, p + n + (2 if embed else 0))
-        key_mask = jnp.zeros((u, cache["k"].shape[3]), jnp.int32).at[:, :p].set(prompt_mask)
+        slots = p + n + (2 if embed else 0)
+        cache = {k: list(v) for k, v in init_cache(model.cfg, u, slots).items()}  # one [B, K, S, H] per layer
+        key_mask = jnp.zeros((u, slots), jnp.int32).at[:, :p].set(prompt_mask)
 
         def forward(ids, positions, key_mask, cache, index, logits=True):
-            out = model.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
-                              compute_logits=False, cache=cache, cache_index=index)
+            out = decoder.apply({"params": params}, ids, attention_mask=key_mask, position_ids=positions,
+                                compute_logits=False, cache=cache, cache_index=index)
             last = out.last_hidden_state[:, -1]
             if logits:
-                last = model.apply({"params": params}, last, method=LlamaForCausalLM.logits_from_hidden)
+                last = decoder.apply({"params": params}, last, method=LlamaForCausalLM.logits_from_hidden)
             return last, out.cache
 
         logits, cache = forward(prompt_ids, default_positions(prompt_mask), key_mask, cache, 0)
         if num_samples > 1:  # the prompt is prefilled once, then its cache is shared by its samples
-            cache = {k: jnp.repeat(v, num_samples, axis=1) for k, v in cache.items()}  # [L, B, K, S, H]
+            cache = {k: [jnp.repeat(x, num_samples, axis=0) for x in v] for k, v in cache.items()}  # [B, K, S, H]
             key_mask, logits = jnp.repeat(key_mask, num_samples, 0), jnp.repeat(logits, num_samples, 0)
         prompt_len = key_mask[:, :p].sum(-1).astype(jnp.int32)
         rng, sub = jax.random.split(rng)

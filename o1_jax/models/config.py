@@ -56,6 +56,9 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"  # one of REMAT_POLICIES
+    # Layers under nn.scan (stacked weights, one compiled layer: training, long inputs), or one
+    # module per layer (`layers_0`, ...: decoding, where slicing stacked weights every token costs).
+    scan_layers: bool = True
     # LoRA adapters on the named projections (q_proj, k_proj, v_proj, o_proj, gate_proj,
     # up_proj, down_proj); rank 0 = none. Not part of the HF config: export merges them.
     lora_rank: int = 0

@@ -168,7 +168,15 @@ class Attention(nn.Module):
         v = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "v_proj")(x).reshape(b, t, k, h)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
         kk, v = kk.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
-        if cache is not None:
+        if cache is not None and isinstance(cache["k"], (list, tuple)):
+            # One [B, K, S, H] array per layer (unrolled decoding): update this layer's in place
+            # and attend over it directly, with no copy of the layer's slots.
+            where = (0, 0, cache_index, 0)
+            ks, vs = list(cache["k"]), list(cache["v"])
+            ks[layer] = jax.lax.dynamic_update_slice(ks[layer], kk.astype(ks[layer].dtype), where)
+            vs[layer] = jax.lax.dynamic_update_slice(vs[layer], v.astype(vs[layer].dtype), where)
+            cache, kk, v = {"k": ks, "v": vs}, ks[layer], vs[layer]
+        elif cache is not None:
             # Write only the new entries into the whole [L, B, K, S, H] cache (in place inside the
             # decode loop), then read this layer's slots back for attention.
             where = (layer, 0, 0, cache_index, 0)
@@ -212,12 +220,15 @@ class DecoderLayer(nn.Module):
         return (nn.with_logical_constraint(x, ACTIVATION_AXES), cache, layer + 1), None
 
 
+def _layer_class(cfg: LlamaConfig):
+    if cfg.remat_policy == "none":
+        return DecoderLayer
+    return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+
 def _scanned_layers(cfg: LlamaConfig) -> nn.Module:
-    layer = DecoderLayer
-    if cfg.remat_policy != "none":
-        layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     return nn.scan(
-        layer,
+        _layer_class(cfg),
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -240,7 +251,10 @@ class LlamaModel(nn.Module):
             param_dtype=cfg.weight_dtype,
             embedding_init=_init(cfg, ("vocab", "embed")),
         )
-        self.layers = _scanned_layers(cfg)
+        if cfg.scan_layers:
+            self.layers = _scanned_layers(cfg)
+        else:
+            self.layers = [_layer_class(cfg)(cfg, name=f"layers_{i}") for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None, cache_index=0):
@@ -253,7 +267,13 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(self.cfg, position_ids)
         mask = attention_bias_mask(self.cfg, attention_mask, input_ids.shape[1], cache_index)
         x = self.embed_tokens(input_ids).astype(self.cfg.compute_dtype)
-        (x, cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, cache_index)
+        if self.cfg.scan_layers:
+            (x, cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, cache_index)
+        else:
+            carry = (x, cache, 0)  # a static layer index: the cache update is at a fixed layer
+            for layer in self.layers:
+                carry, _ = layer(carry, cos, sin, mask, cache_index)
+            x, cache, _ = carry
         return self.norm(x), cache
 
 
@@ -287,6 +307,17 @@ class LlamaForCausalLM(nn.Module):
         else:
             logits = self.lm_head(hidden)
         return logits.astype(jnp.float32)
+
+
+def unstack_layers(params: dict) -> dict:
+    """Parameters of a scanned model (`model/layers/*` stacked [L, ...]) for the same config with
+    `scan_layers=False` (`model/layers_{i}/*`)."""
+    model = dict(params["model"])
+    stacked = model.pop("layers")
+    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    for i in range(num_layers):
+        model[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+    return {**params, "model": model}
 
 
 def init_params(cfg: LlamaConfig, rng: jax.Array, seq_len: int = 8):
