@@ -1,14 +1,14 @@
 """Llama-3.1-8B-Instruct, full fine-tuning with the O1 joint loss on a TPU v5p pod slice.
 
 The recipe of configs/qwen25_7b_o1.py (64 queries x group 16, 256 / 192 tokens, temperature 0.02,
-0.8 / 0.2 loss weights) without LoRA: every weight is trained, so Adam's two moments and the
-float32 master weights (16 bytes per parameter, 128 GB in all) are sharded over the whole slice
-(FSDP over 64 chips), with full rematerialisation of each layer. Planned to fit with the figures
-in the README:
+0.8 / 0.2 loss weights) without LoRA: every weight is trained, so the float32 weights and Adam's
+two moments (12 bytes per parameter, 96 GB in all, plus the gradients during the step) are
+sharded over the whole slice (FSDP), with full rematerialisation of each layer. Planned to fit
+with the figures in the README: a v5p-16 slice (8 chips) needs 38.9 of 95 GiB per chip; a
+v5p-128 (64 chips) 6.4 GiB.
 
-  python -m o1_jax.plan --config configs/llama3_8b_o1.py --topology v5p:4x4x4
-  launch/tpu/pod.sh create && launch/tpu/pod.sh setup && \\
-      launch/tpu/pod.sh train --config configs/llama3_8b_o1.py   # see launch/README.md
+  python -m o1_jax.plan --config configs/llama3_8b_o1.py --topology v5p:2x2x2
+  O1_TPU_TYPE=v5p-16 O1_CONFIG=configs/llama3_8b_o1.py launch/tpu/pod.sh --spot up   # launch/README.md
 """
 
 from o1_jax.defaults import train_config

@@ -6,7 +6,7 @@ as negatives, query + thought 256 tokens, passages 192, lr 1e-4, temperature 0.0
 parameters (the frozen backbone and the adapters) stay float32 so Adam updates the adapters in full
 precision. Planned (python -m o1_jax.plan) to fit with the figures in the README:
 
-  python -m o1_jax.plan --config configs/qwen25_7b_o1.py --topology v5p:2x2x1
+  python -m o1_jax.plan --config configs/qwen25_7b_o1.py --topology v5p:2x2x1   # 42.7 of 95 GiB
   python -m o1_jax.plan --config configs/qwen25_7b_o1.py:h100x8 --cpu_devices 8 --hbm_gib 80
 
   python -m o1_jax.train --config configs/qwen25_7b_o1.py --workdir gs://BUCKET/o1_qwen \\
@@ -45,7 +45,10 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 200
     c.mesh.shape = (1, -1, 1)  # FSDP over every chip
     if arg == "h100x8":
-        c.distributed.initialize = False  # one process drives the node's 8 GPUs
+        # One process drives the node's 8 GPUs (launch/gpu/single_node.sh): FSDP over exactly 8.
+        # Planned on 8 CPU devices (no GPU compiler here): 31.1 GiB of 80 with full remat; `dots`
+        # remat needs 324 GiB by the same estimate, so full remat stays.
+        c.mesh.shape = (1, 8, 1)
     elif arg:
         raise ValueError(f"configs/qwen25_7b_o1.py: unknown variant {arg!r} (expected 'h100x8' or nothing)")
     return c
