@@ -135,3 +135,28 @@ def test_relation_rule_is_learnable_from_training(demo):
         rel, a, b = _subject(t["thought"])
         for part, (x, y) in enumerate(zip(a.split(), b.split())):
             assert rule[(rel, part, x)] == y
+
+
+def test_demo_config_lengths_cover_the_task(tokenizer):
+    """configs/demo.py cuts its limits to the task's longest texts: nothing may be truncated."""
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from configs import demo as demo_config
+
+    d = demo_config.get_config().data
+    world = synthetic.make_world(SEED)
+    people = range(0, world.num_people, 37)  # names are one word each, so any people do
+    queries, thoughts = [], []
+    for q in synthetic._questions(world, list(people)):
+        query, thought, _ = synthetic._texts(world, *q)
+        queries.append(query)
+        thoughts.append(thought)
+    docs = [formatting.doc_text(world.doc(p)) for p in people]
+
+    def longest(texts):
+        return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    assert longest(queries) <= d.max_query_tokens
+    assert longest(thoughts) <= d.max_thought_tokens
+    assert longest(docs) <= d.max_doc_tokens
