@@ -148,3 +148,24 @@ def test_samples_share_one_prefill_and_match_repeated_prompts(tiny):
     np.testing.assert_array_equal(shared["tokens"], repeated["tokens"])
     np.testing.assert_allclose(shared["embeddings"], repeated["embeddings"], atol=1e-5)
     assert len({tuple(r) for r in np.asarray(shared["tokens"])[:3]}) > 1  # the samples differ
+
+
+def test_nucleus_sampling_draws_only_from_the_nucleus_and_falls_back_to_a_full_sort():
+    import jax.numpy as jnp
+
+    from o1_jax.inference.generate import NUCLEUS_CANDIDATES, sample_token
+
+    sampling = Sampling(4, temperature=1.0, top_p=0.9)
+    # A peaked row: the nucleus (smallest prefix reaching 0.9) is the three best tokens.
+    logits = np.full((1, 1000), -10.0, np.float32)
+    logits[0, [7, 500, 999]] = [3.0, 2.5, 2.0]
+    probs = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+    order = np.argsort(-probs)
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(probs[order]), 0.9)) + 1].tolist())
+    assert nucleus == {7, 500, 999}
+    draws = jax.vmap(lambda r: sample_token(jnp.asarray(logits), r, sampling))(jax.random.split(jax.random.key(0), 300))
+    assert set(np.asarray(draws).ravel().tolist()) == nucleus
+    # A flat row: the nucleus (900 tokens) is wider than the top-k candidates, so the full sort decides.
+    flat = jnp.zeros((400, 1000), jnp.float32)
+    draws = np.asarray(sample_token(flat, jax.random.key(1), sampling))
+    assert draws.max() >= NUCLEUS_CANDIDATES and draws.max() < 1000

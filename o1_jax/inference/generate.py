@@ -36,19 +36,38 @@ class Sampling:
             raise ValueError(f"temperature={self.temperature}, top_p={self.top_p}: expected >= 0 and (0, 1]")
 
 
+# Nucleus sampling looks for the nucleus among the best NUCLEUS_CANDIDATES tokens first: a partial
+# top-k is about 60x cheaper on a CPU than sorting the vocabulary (7 vs 457 ms for 48 x 49k logits).
+# Rows whose nucleus is wider fall back to the full sort, so the distribution is exact either way.
+NUCLEUS_CANDIDATES = 256
+
+
 def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
     """Greedy, or temperature + nucleus (top-p) sampling, from logits `[B, V]`."""
     if sampling.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / sampling.temperature
-    if sampling.top_p < 1:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+    if sampling.top_p >= 1:
+        return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    k = min(NUCLEUS_CANDIDATES, logits.shape[-1])
+    best, best_ids = jax.lax.top_k(logits, k)  # [B, k], descending
+    probs = jnp.exp(best - jax.nn.logsumexp(logits, axis=-1, keepdims=True))  # of the whole vocabulary
+
+    def among_best(_):
+        # The smallest prefix whose mass reaches top_p (always at least the best token).
         keep = jnp.cumsum(probs, axis=-1) - probs < sampling.top_p
+        pick = jax.random.categorical(rng, jnp.where(keep, best, -jnp.inf), axis=-1)
+        return jnp.take_along_axis(best_ids, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    def full_sort(_):
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        keep = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs < sampling.top_p
         threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(rng, jnp.where(logits < threshold, -jnp.inf, logits), axis=-1).astype(jnp.int32)
+
+    covered = jnp.all(probs.sum(axis=-1) >= sampling.top_p)
+    return jax.lax.cond(covered, among_best, full_sort, None)
 
 
 @functools.lru_cache(maxsize=32)
