@@ -27,6 +27,7 @@ import numpy as np
 import optax
 import torch
 import transformers
+from machine import cpu_model  # benchmarks/machine.py, next to this file
 
 from o1_jax import hf
 from o1_jax.hf import fetch
@@ -57,17 +58,6 @@ def timed_pair(fn_a, fn_b, repeats: int, warmup: int) -> tuple[list[float], list
             fn()
             times.append(time.perf_counter() - start)
     return times_a, times_b
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from machine import cpu_model  # benchmarks/machine.py, next to this file
 
 from o1_jax import hf
 from o1_jax.hf import fetch
@@ -69,17 +70,6 @@ def load_queries(rows: int) -> tuple[list[str], str]:
     if rows > len(SENTENCES):
         raise SystemExit(f"{SCIFACT_QUERIES} is absent and there are only {len(SENTENCES)} built-in sentences")
     return SENTENCES[:rows], "built-in sentences"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def compile_seconds(model, params, ids, mask, sampling: Sampling, *, eos_id: int, pad_id: int,

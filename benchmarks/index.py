@@ -35,7 +35,6 @@ import functools
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,22 +44,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import cpu_model  # benchmarks/machine.py, next to this file
+
 from o1_jax.retrieval.index import Index, exact_search, recall_at_k
 
 LEAVES_FRACTIONS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)
 REORDERS = (100, 250)
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def clustered(n: int, dim: int, clusters: int, sigma: float, nq: int, query_sigma: float, seed: int):

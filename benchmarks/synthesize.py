@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from machine import cpu_model  # benchmarks/machine.py, next to this file
 
 from o1_jax.data import prepare
 from o1_jax.hf import fetch
@@ -45,17 +46,6 @@ from o1_jax.synthesis.expert import FewShotPool, GenerationSettings, LlamaExpert
 
 MODEL = "smollm2-135m-instruct"
 SCIFACT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -30,8 +30,13 @@ import time
 import jax
 import numpy as np
 import transformers
+from generate import (  # benchmarks/generate.py, next to this file
+    compile_seconds,
+    interleaved,
+    load_queries,
+)
+from machine import cpu_model
 
-from generate import compile_seconds, cpu_model, interleaved, load_queries  # benchmarks/generate.py, next to this file
 from o1_jax import hf, objective, trainable
 from o1_jax.data.formatting import Formatter, add_special_tokens
 from o1_jax.hf import fetch

@@ -37,7 +37,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,11 @@ import tempfile
 import time
 
 import numpy as np
+from machine import (  # benchmarks/machine.py, next to this file
+    cpu_model,
+    current_rss_gib,
+    peak_rss_gib,
+)
 
 MODEL = "smollm2-135m-instruct"
 LOSS_RTOL = 1e-4
@@ -56,29 +60,6 @@ INTERLEAVE_GIB = 16
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def current_rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def positions(mask: np.ndarray) -> np.ndarray:
