@@ -55,10 +55,10 @@ class Plan:
     def summary(self) -> str:
         lines = [
             f"target: {self.target} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}",
-            f"model: {self.model}, {self.params / 1e9:.2f}B parameters, {self.trainable / 1e6:,.1f}M trainable; "
-            f"global batch {self.global_batch} queries",
-            f"per device: arguments {self.argument_gib:.2f} GiB + outputs {self.output_gib:.2f} GiB "
-            f"- donated {self.alias_gib:.2f} GiB + temporaries {self.temp_gib:.2f} GiB = peak {self.peak_gib:.2f} GiB",
+            (f"model: {self.model}, {self.params / 1e9:.2f}B parameters, {self.trainable / 1e6:,.1f}M trainable; "
+             f"global batch {self.global_batch} queries"),
+            (f"per device: arguments {self.argument_gib:.2f} GiB + outputs {self.output_gib:.2f} GiB "
+             f"- donated {self.alias_gib:.2f} GiB + temporaries {self.temp_gib:.2f} GiB = peak {self.peak_gib:.2f} GiB"),
         ]
         lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (all devices); compiled in {self.compile_s:.1f} s")
         if self.hbm_gib is None:
@@ -84,7 +84,7 @@ def topology_devices(topology: str) -> list:
 
     try:
         return list(topologies.get_topology_desc(topology, "tpu").devices)
-    except Exception as e:  # libtpu's messages are long; its first line names the problem
+    except Exception as e:  # noqa: BLE001  (libtpu raises several types; its message's first line names the problem)
         raise SystemExit(f"--topology {topology}: not a TPU topology libtpu knows "
                          f"(expected e.g. v5p:2x2x1, v5e:4x4, v4:2x2x2): {str(e).splitlines()[0]}") from None
 

@@ -169,3 +169,22 @@ def test_nucleus_sampling_draws_only_from_the_nucleus_and_falls_back_to_a_full_s
     flat = jnp.zeros((400, 1000), jnp.float32)
     draws = np.asarray(sample_token(flat, jax.random.key(1), sampling))
     assert draws.max() >= NUCLEUS_CANDIDATES and draws.max() < 1000
+
+
+def test_generation_with_lora_adapters_equals_step_by_step_argmax():
+    """Decoding unstacks the layers of a LoRA model too (adapters kept, not merged)."""
+    import jax.numpy as jnp
+
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, lora_rank=4, lora_targets=("q_proj", "up_proj"))
+    params = jax.tree_util.tree_map_with_path(  # non-zero adapters, so they change the logits
+        lambda path, x: x + 0.3 if "lora_b" in jax.tree_util.keystr(path) else x, init_params(cfg, jax.random.key(0)))
+    model = LlamaForCausalLM(cfg)
+    ids = jnp.asarray([[5, 6, 7, 8]], jnp.int32)
+    out = generate(model, params, ids, jnp.ones_like(ids), jax.random.key(0), Sampling(max_new_tokens=5),
+                   eos_id=-1, pad_id=0)["tokens"]
+    seq = ids
+    for _ in range(5):
+        seq = jnp.concatenate([seq, jnp.argmax(model.apply({"params": params}, seq).logits[:, -1], -1)[:, None]], 1)
+    np.testing.assert_array_equal(out, seq[:, 4:])

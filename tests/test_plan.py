@@ -99,12 +99,12 @@ def test_plan_command_exits_2_when_the_step_does_not_fit(tmp_path):
     out = tmp_path / "plan.json"
     proc = subprocess.run(
         [sys.executable, "-m", "o1_jax.plan", "--config", "configs/demo.py:short", "--cpu_devices", "2",
-         "--hbm_gib", "0.001", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+         "--hbm_gib", "0.001", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "fits: NO" in proc.stdout and "2 CPU devices" in proc.stdout
     assert '"fits": false' in out.read_text()
     usage = subprocess.run([sys.executable, "-m", "o1_jax.plan", "--config", "configs/demo.py:short"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, check=False)
     assert usage.returncode != 0 and "exactly one of --topology" in usage.stderr
 
 

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from o1_jax.losses import l2_normalize
-from o1_jax.models.llama import LlamaForCausalLM, default_positions, init_cache, unstack_layers
+from o1_jax.models.llama import (
+    LlamaForCausalLM,
+    default_positions,
+    init_cache,
+    unstack_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
