@@ -14,10 +14,7 @@ falls on both sides alike. The two forward losses must agree, so we know the sam
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import statistics
 import time
 
@@ -27,7 +24,12 @@ import numpy as np
 import optax
 import torch
 import transformers
-from machine import cpu_model  # benchmarks/machine.py, next to this file
+from machine import (  # benchmarks/machine.py, next to this file
+    describe_machine,
+    machine,
+    peak_rss_gib,
+    write_json,
+)
 
 from o1_jax import hf
 from o1_jax.hf import fetch
@@ -132,7 +134,7 @@ def main() -> None:
     losses_agree = rel <= LOSS_RTOL
 
     load_after = os.getloadavg()[0]
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(describe_machine())
     print(f"1-min load average: {load_before:.2f} at start, {load_after:.2f} at end")
     print(
         f"versions: jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
@@ -164,13 +166,13 @@ def main() -> None:
         + ", ".join(f"{k} {v:.6f}" for k, v in checks.items())
         + f"; max relative difference {rel:.1e} ({'agree' if losses_agree else 'DISAGREE'} at {LOSS_RTOL:g})"
     )
-    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-    print(f"peak RSS: {peak_rss_gib:.2f} GiB")
+    peak_rss = peak_rss_gib()
+    print(f"peak RSS: {peak_rss:.2f} GiB")
 
     if args.json:
         out = {
             "args": vars(args),
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "machine": machine(),
             "load_average_1min": {"start": load_before, "end": load_after},
             "torch_threads": torch.get_num_threads(),
             "torch_attention": torch_model.config._attn_implementation,
@@ -179,12 +181,9 @@ def main() -> None:
             "losses": checks,
             "max_relative_loss_difference": rel,
             "losses_agree": losses_agree,
-            "peak_rss_gib": peak_rss_gib,
+            "peak_rss_gib": peak_rss,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
     if not losses_agree:
         raise SystemExit(f"o1_jax and torch losses differ by {rel:.1e} (relative), more than {LOSS_RTOL:g}")
 

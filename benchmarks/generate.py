@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import resource
 import statistics
 import time
 
@@ -31,7 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
-from machine import cpu_model  # benchmarks/machine.py, next to this file
+from machine import (  # benchmarks/machine.py, next to this file
+    describe_machine,
+    machine,
+    peak_rss_gib,
+    write_json,
+)
 
 from o1_jax import hf
 from o1_jax.hf import fetch
@@ -175,7 +178,7 @@ def main() -> None:
     step = {k: (med[k] - med_1[k]) / (n - 1) for k in med}
     load_after = os.getloadavg()[0]
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(describe_machine())
     print(f"1-min load average: {load_before:.2f} at start, {load_after:.2f} at end")
     print(f"versions: jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"(threads {torch_threads}, default {default_threads}; attention {torch_model.config._attn_implementation}), "
@@ -203,13 +206,13 @@ def main() -> None:
     print(f"greedy tokens: {rows_equal}/{args.rows} rows identical, {tokens_equal}/{generated} tokens equal; "
           f"first differing step per differing row: {[d for d in first_diff if d is not None]}; "
           f"<eos> generated {eos_emitted} times (neither side stops on it)")
-    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"peak RSS: {peak_rss_gib:.2f} GiB")
+    peak_rss = peak_rss_gib()
+    print(f"peak RSS: {peak_rss:.2f} GiB")
 
     if args.json:
         out = {
             "args": vars(args),
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "machine": machine(),
             "load_average_1min": {"start": load_before, "end": load_after},
             "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
             "prompt_source": source,
@@ -223,12 +226,9 @@ def main() -> None:
             "rows_identical": rows_equal,
             "tokens_equal": tokens_equal,
             "first_differing_step": first_diff,
-            "peak_rss_gib": peak_rss_gib,
+            "peak_rss_gib": peak_rss,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import functools
 import gc
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from machine import cpu_model  # benchmarks/machine.py, next to this file
+from machine import cpu_model, peak_rss_gib  # benchmarks/machine.py, next to this file
 
 from o1_jax.retrieval.index import Index, exact_search, recall_at_k
 
@@ -283,7 +282,7 @@ def main() -> None:
         print_table(result, args.k)
     print("\nload average at the end: {:.1f} {:.1f} {:.1f} (other processes compete for the cores)".format(
         *os.getloadavg()))
-    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+    print(f"peak resident memory: {peak_rss_gib():.1f} GiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "args": vars(args), "results": results}, f, indent=2)

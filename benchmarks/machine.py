@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import resource
 
@@ -27,3 +29,21 @@ def current_rss_gib() -> float:
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def machine() -> dict:
+    """The machine as the JSON results record it."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def describe_machine() -> str:
+    """The machine as each benchmark's first printed line gives it."""
+    return f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}"
+
+
+def write_json(path: str, obj) -> None:
+    """Results to `path`, whole or not at all (written to a temporary name, then renamed)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

@@ -27,10 +27,8 @@ on one batch's prefill.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -38,7 +36,11 @@ import jax
 import numpy as np
 import torch
 import transformers
-from machine import cpu_model  # benchmarks/machine.py, next to this file
+from machine import (  # benchmarks/machine.py, next to this file
+    cpu_model,
+    describe_machine,
+    write_json,
+)
 
 from o1_jax.data import prepare
 from o1_jax.hf import fetch
@@ -158,7 +160,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     load_after = os.getloadavg()[0]
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(describe_machine())
     print(f"1-min load average: {load_before:.2f} at start, {load_after:.2f} at end")
     print(f"versions: jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} (threads "
           f"{torch_threads}, default {default_threads}; prefill of one batch: "
@@ -185,10 +187,7 @@ def main() -> None:
                "load_average_1min": {"start": load_before, "end": load_after}, "times_s": times, "median_s": med,
                "candidates": count, "thought_tokens": tokens, "warmup_s": warmup, "torch_threads": torch_threads,
                "widths": widths}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ generated tokens; rows that do not round-trip embed a different token sequence i
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import statistics
 import time
 
@@ -35,7 +32,12 @@ from generate import (  # benchmarks/generate.py, next to this file
     interleaved,
     load_queries,
 )
-from machine import cpu_model
+from machine import (  # benchmarks/machine.py, next to this file
+    describe_machine,
+    machine,
+    peak_rss_gib,
+    write_json,
+)
 
 from o1_jax import hf, objective, trainable
 from o1_jax.data.formatting import Formatter, add_special_tokens
@@ -139,7 +141,7 @@ def main() -> None:
     med_parts = {k: statistics.median(v) for k, v in parts.items()}
     load_after = os.getloadavg()[0]
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(describe_machine())
     print(f"1-min load average: {load_before:.2f} at start, {load_after:.2f} at end")
     print(f"versions: jax {jax.__version__} ({jax.default_backend()}), transformers {transformers.__version__}")
     print(f"model: {MODEL} float32 + 4 O1 special tokens (vocab {cfg.vocab_size}); queries: {source}; "
@@ -165,13 +167,13 @@ def main() -> None:
           + (f"min {cosine[~round_trip].min():.6f}" if (~round_trip).any() else "none"))
     print(f"control: full forward of exactly the generated tokens vs (a), all {args.rows} rows: cosine min "
           f"{cosine_exact.min():.6f}, max |difference| {np.abs(emb_a - emb_exact).max():.2e}")
-    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"peak RSS: {peak_rss_gib:.2f} GiB")
+    peak_rss = peak_rss_gib()
+    print(f"peak RSS: {peak_rss:.2f} GiB")
 
     if args.json:
         out = {
             "args": vars(args),
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "machine": machine(),
             "load_average_1min": {"start": load_before, "end": load_after},
             "times_s": times,
             "two_pass_parts_s": parts,
@@ -182,12 +184,9 @@ def main() -> None:
             "round_trip": round_trip.tolist(),
             "cosine": cosine.tolist(),
             "cosine_exact_tokens": cosine_exact.tolist(),
-            "peak_rss_gib": peak_rss_gib,
+            "peak_rss_gib": peak_rss,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
     if not agree.all() or not (cosine_exact > COSINE_MIN).all():
         raise SystemExit(f"one-pass and two-pass embeddings differ (cosine <= {COSINE_MIN}) on "
                          f"{int((~agree).sum())} rows whose thought round-trips, "

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,9 +44,11 @@ import time
 
 import numpy as np
 from machine import (  # benchmarks/machine.py, next to this file
-    cpu_model,
     current_rss_gib,
+    describe_machine,
+    machine,
     peak_rss_gib,
+    write_json,
 )
 
 MODEL = "smollm2-135m-instruct"
@@ -420,7 +421,7 @@ def main() -> None:
 
     b, tq = batch["query_ids"].shape
     n, td = batch["doc_ids"].shape
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}")
+    print(describe_machine())
     print(f"1-min load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
           f"(other processes share these cores; timings are sensitive to them)")
     print(f"o1_jax: {j['version']}\ntorch:  {t['version']}")
@@ -448,7 +449,7 @@ def main() -> None:
     if args.json:
         out = {
             "args": {k: v for k, v in vars(args).items() if k not in ("side", "batch_file", "meta_file")},
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "machine": machine(),
             "load_average_1min": {"start": load_start[0], "end": load_end[0]},
             "batch": {"source": meta["source"], "query_shape": [b, tq], "doc_shape": [n, td],
                       "real_tokens": real_tokens, "padded_tokens": padded_tokens},
@@ -457,10 +458,7 @@ def main() -> None:
             "first_step_relative_differences": rel,
             "losses_agree": agree,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
     if not agree:
         raise SystemExit(f"o1_jax and torch first-step losses differ by {rel['loss']:.1e} (relative), "
                          f"more than {LOSS_RTOL:g}")
