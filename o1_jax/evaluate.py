@@ -6,7 +6,6 @@ reports nDCG@10, MRR@10, Recall@100 and Recall@1000 for no-think and think(k), s
 writes the results as JSON (default: <model path>/eval/<folder name>-<split>.json) and prints a table.
 """
 
-import hashlib
 import json
 import pathlib
 
@@ -16,7 +15,7 @@ from ml_collections import config_flags
 
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.evaluate import evaluate_beir, format_table
-from o1_jax.trainer import is_remote
+from o1_jax.trainer import is_remote, local_cache_for
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an evaluation config (configs/eval_beir.py).",
                                           lock_config=True)
@@ -33,8 +32,7 @@ def run(config) -> dict:
     folder = pathlib.Path(config.data.path)
     cache = config.cache_dir or str(model_path / "eval" / "cache")
     if is_remote(cache):  # the corpus cache is memory-mapped: keep it on this machine
-        digest = hashlib.sha256(cache.encode()).hexdigest()[:16]
-        cache = str(pathlib.Path("~/.cache/o1_jax/eval").expanduser() / digest)
+        cache = str(local_cache_for(cache, "eval"))
     results = evaluate_beir(embedder, folder, config.data.split, num_thoughts=config.num_thoughts,
                             modes=tuple(config.modes), top_k=config.top_k, index_mode=config.index_mode,
                             cache_dir=cache, max_queries=config.max_queries, seed=config.seed,

@@ -93,34 +93,27 @@ def planned_model(config):
     """(LlamaConfig, tokenizer size, description) without loading weights."""
     from o1_jax import trainer
     from o1_jax.data.synthetic import make_tokenizer
-    from o1_jax.hf import convert
     from o1_jax.models import presets
 
     m = config.model
-    spec = m.init_from
     folder = None
-    if spec and not spec.startswith("shipped:") and pathlib.Path(spec).expanduser().is_dir():
-        folder = pathlib.Path(spec).expanduser()
-    elif spec.startswith("shipped:"):
-        folder = trainer.resolve_model_path(spec)
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
-                     lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
+    if m.init_from.startswith("shipped:") or (m.init_from and pathlib.Path(m.init_from).expanduser().is_dir()):
+        folder = trainer.resolve_model_path(m.init_from)
     if folder is not None:
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(m.tokenizer or folder)
-        return convert.read_config(folder, **overrides), len(tokenizer), str(folder)
-    if m.architecture:
-        cfg, size = presets.preset(m.architecture, **overrides)
-        return cfg, size, f"architecture {m.architecture!r}"
-    if spec:
-        raise SystemExit(f"config.model.init_from={spec!r} is not a folder here; set config.model.architecture "
-                         "to plan without the weights")
-    size = len(make_tokenizer()) if m.tokenizer == "synthetic" else None
-    if size is None:
+        size, source = len(transformers.AutoTokenizer.from_pretrained(m.tokenizer or folder)), str(folder)
+    elif m.architecture:
+        size, source = presets.preset(m.architecture)[1], f"architecture {m.architecture!r}"
+    elif m.init_from:
+        raise SystemExit(f"config.model.init_from={m.init_from!r} is not a folder here; set "
+                         "config.model.architecture to plan without the weights")
+    elif m.tokenizer == "synthetic":
+        size, source = len(make_tokenizer()), "fresh model"
+    else:
         raise SystemExit("config.model: a fresh model needs model.tokenizer='synthetic' or model.architecture "
                          "to plan")
-    return trainer.model_config(config, None, size), size, "fresh model"
+    return trainer.model_config(config, folder, size), size, source
 
 
 def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Plan:
@@ -129,10 +122,8 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
     import flax.linen as nn
     import jax
     import numpy as np
-    from jax.sharding import NamedSharding
 
-    from o1_jax import flops as flops_lib
-    from o1_jax import trainable, trainer
+    from o1_jax import trainer
     from o1_jax.data import formatting
 
     cfg, tokenizer_size, source = planned_model(config)
@@ -142,34 +133,19 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
     run = trainer.assemble_run(config, cfg, None, special_ids, tokenizer_size, None, num_steps, devices)
     trainer._check_batch(config, run.mesh)
     d, b = config.data, config.train.global_batch_size
-    batch_sharding = NamedSharding(run.mesh, trainer.BATCH_AXES)
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding)
              for k, (shape, dtype) in formatting.train_batch_shapes(
                  b, d.group_size, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens).items()}
 
-    def with_shardings(tree, shardings):
-        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        state = with_shardings(trainer._abstract_state(cfg, special_ids, run.tx), run.state_shardings)
-        _, frozen = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), trainer.param_shapes(cfg))
-        frozen = with_shardings(frozen, run.frozen_shardings)
-        step = jax.jit(
-            trainer.make_train_step(run.model, run.tx, run.schedule, config.loss, special_ids,
-                                    config.train.microbatches),
-            in_shardings=(run.state_shardings, run.frozen_shardings, batch_sharding),
-            out_shardings=(run.state_shardings, run.replicated),
-            donate_argnums=(0,),
-        )
         start = time.perf_counter()
-        compiled = step.lower(state, frozen, batch).compile()
+        compiled = run.jit_train_step().lower(run.abstract_state(), run.abstract_frozen(), batch).compile()
         compile_s = time.perf_counter() - start
 
     mem = compiled.memory_analysis()
     arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
     alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    flops = flops_lib.train_step_flops(cfg, b, d.group_size, batch["query_ids"].shape[1], batch["doc_ids"].shape[1],
-                                       batch["gen_positions"].shape[1])
+    flops = trainer.step_flops(cfg, batch)
     kind = devices[0].device_kind
     hbm = hbm_gib if hbm_gib is not None else HBM_GIB.get(kind)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(trainer.param_shapes(cfg)))

@@ -207,9 +207,14 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-# Where the data cache of a remote workdir goes when config.data.cache_dir is empty: a folder on
-# this machine's disk named by the workdir's URL, so a restart on the same machine reuses it.
-REMOTE_DATA_CACHE = "~/.cache/o1_jax/data"
+LOCAL_CACHE_ROOT = "~/.cache/o1_jax"
+
+
+def local_cache_for(url: str | os.PathLike, kind: str) -> pathlib.Path:
+    """A folder on this machine's disk for a remote folder's memory-mapped caches (`kind`: data,
+    eval), named by the URL so that a restart on the same machine reuses it."""
+    digest = hashlib.sha256(os.fspath(url).encode()).hexdigest()[:16]
+    return pathlib.Path(LOCAL_CACHE_ROOT).expanduser() / kind / digest
 
 
 def data_cache_dir(config, workdir: epath.Path) -> pathlib.Path:
@@ -221,8 +226,7 @@ def data_cache_dir(config, workdir: epath.Path) -> pathlib.Path:
         return pathlib.Path(config.data.cache_dir).expanduser()
     if not is_remote(workdir):
         return pathlib.Path(workdir) / "data_cache"
-    digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
-    cache = pathlib.Path(REMOTE_DATA_CACHE).expanduser() / digest
+    cache = local_cache_for(workdir, "data")
     if jax.process_index() == 0:
         print(f"data cache: {cache} (local, as the workdir {workdir} is remote; set config.data.cache_dir "
               "to choose another folder)", flush=True)
@@ -319,10 +323,42 @@ class Run:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, BATCH_AXES)
+
+    def abstract_state(self) -> dict:
+        """The train state's shapes, dtypes and shardings (for restoring and ahead-of-time compiling)."""
+        cfg, special_ids = self.cfg, self.special_ids
+        abstract_train, _ = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), param_shapes(cfg))
+        state = {"params": abstract_train, "opt_state": jax.eval_shape(self.tx.init, abstract_train),
+                 "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        return with_shardings(state, self.state_shardings)
+
+    def abstract_frozen(self):
+        """The frozen backbone's (under LoRA; else {}) shapes, dtypes and shardings."""
+        _, frozen = jax.eval_shape(lambda p: trainable.split(p, self.cfg, self.special_ids), param_shapes(self.cfg))
+        return with_shardings(frozen, self.frozen_shardings)
+
+    def jit_train_step(self):
+        """The train step, jitted over the mesh: state donated, metrics replicated."""
+        t = self.config.train
+        return jax.jit(
+            make_train_step(self.model, self.tx, self.schedule, self.config.loss, self.special_ids, t.microbatches),
+            in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, self.replicated),
+            donate_argnums=(0,),
+        )
+
     def checkpointer(self, workdir: epath.Path) -> Checkpointer:
         t = self.config.train
         return Checkpointer(workdir / "checkpoints", save_every=t.checkpoint_every, keep=t.keep_checkpoints,
                             async_save=True, config_fingerprint=_fingerprint(self.cfg, self.config))
+
+
+def with_shardings(tree, shardings):
+    """`jax.ShapeDtypeStruct`s of `tree`'s leaves carrying `shardings` (a tree of the same structure)."""
+    return jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
 
 
 def build_run(config, tokenizer, original_vocab: int, num_steps: int, devices=None) -> Run:
@@ -342,14 +378,12 @@ def assemble_run(config, cfg: LlamaConfig, tokenizer, special_ids: list[int], or
 
     # Shardings: the full parameter tree from its logical axes, then the trainable / frozen views.
     full_shardings = sharding.logical_to_shardings(abstract_params(cfg), mesh, rules)
-    abstract_full = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), param_shapes(cfg), full_shardings)
+    abstract_full = with_shardings(param_shapes(cfg), full_shardings)
     abstract_train, abstract_frozen = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
     replicated = NamedSharding(mesh, PartitionSpec())
     train_shardings = _match_shardings(abstract_train, full_shardings, cfg, replicated)
     frozen_shardings = _match_shardings(abstract_frozen, full_shardings, cfg, replicated)
-    abstract_train = jax.tree_util.tree_map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract_train, train_shardings)
+    abstract_train = with_shardings(abstract_train, train_shardings)
     # Adam's moments are sharded like their parameters; counters and other scalars are replicated.
     opt_shardings = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract_train),
                                           train_shardings, transform_non_params=lambda _: replicated)
@@ -387,13 +421,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
 
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
         frozen, state, start = _initial_state(run, ckpt, data_fp)
-        step_fn = jax.jit(
-            make_train_step(run.model, run.tx, run.schedule, config.loss, run.special_ids, config.train.microbatches),
-            in_shardings=(run.state_shardings, run.frozen_shardings, NamedSharding(run.mesh, BATCH_AXES)),
-            out_shardings=(run.state_shardings, run.replicated),
-            donate_argnums=(0,),
-        )
-        history, state = _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, run.mesh, ckpt,
+        history, state = _loop(config, workdir, batches, run.jit_train_step(), state, frozen, start, num_steps, run.mesh, ckpt,
                                data_fp, is_main, run.num_trainable, run.cfg)
     ckpt.wait()
     ckpt.close()
@@ -455,10 +483,7 @@ def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no finished checkpoint to restore")
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        abstract = jax.tree_util.tree_map(
-            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-            _abstract_state(run.cfg, run.special_ids, run.tx), run.state_shardings)
-        state, _ = ckpt.restore(step, abstract)
+        state, _ = ckpt.restore(step, run.abstract_state())
         frozen = {}
         if run.cfg.lora_rank:
             _, frozen = trainable.split(_initial_params(run), run.cfg, run.special_ids)
@@ -544,10 +569,7 @@ def _initial_state(run: Run, ckpt: Checkpointer, data_fp: str):
                         out_shardings=(run.state_shardings["params"], run.frozen_shardings))
         params, frozen = split(_initial_params(run))
     if latest is not None:
-        abstract = jax.tree_util.tree_map(
-            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-            _abstract_state(run.cfg, run.special_ids, run.tx), run.state_shardings)
-        state, meta = ckpt.restore(latest, abstract)
+        state, meta = ckpt.restore(latest, run.abstract_state())
         if meta.get("data_sha256") != data_fp:
             raise ValueError(
                 f"{ckpt.directory}: checkpoint {latest} was trained on data with sha256 {meta.get('data_sha256')}, "
@@ -559,13 +581,6 @@ def _initial_state(run: Run, ckpt: Checkpointer, data_fp: str):
     opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), run.state_shardings["step"])
     return frozen, {"params": params, "opt_state": opt_state, "step": step}, 0
-
-
-def _abstract_state(cfg, special_ids, tx):
-    abstract_full = param_shapes(cfg)
-    abstract_train, _ = jax.eval_shape(lambda p: trainable.split(p, cfg, special_ids), abstract_full)
-    return {"params": abstract_train, "opt_state": jax.eval_shape(tx.init, abstract_train),
-            "step": jax.ShapeDtypeStruct((), jnp.int32)}
 
 
 def _initial_params(run: Run):

@@ -49,7 +49,7 @@ def gcs(tmp_path, monkeypatch) -> pathlib.Path:
     monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs",
                         lambda path: {"driver": "file", "path": str(root / path.removeprefix("gs://"))})
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-    monkeypatch.setattr(trainer, "REMOTE_DATA_CACHE", str(tmp_path / "local_cache"))
+    monkeypatch.setattr(trainer, "LOCAL_CACHE_ROOT", str(tmp_path / "local_cache"))
     yield root
     epath_backend.fsspec_backend._get_filesystem.cache_clear()
 
