@@ -193,11 +193,15 @@ def test_unscanned_layers_give_the_same_logits_and_cache():
     flat = unstack_layers(params)
     assert "layers" not in flat["model"] and f"layers_{cfg.num_hidden_layers - 1}" in flat["model"]
     np.testing.assert_allclose(flat_model.apply({"params": flat}, ids).logits, scanned, atol=1e-5)
-    # With a per-layer cache (a list of [B, K, S, H]) the prefill writes what the stacked cache holds.
+    # With the per-layer cache: a prefill of 6 tokens, then the 7th through the cache, gives the
+    # full forward's logits at the 7th position; the scanned layout refuses a cache.
     positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
-    stacked = LlamaForCausalLM(cfg).apply({"params": params}, ids, position_ids=positions,
-                                          attention_mask=jnp.ones((2, 9), jnp.int32), cache=init_cache(cfg, 2, 9)).cache
-    per_layer = flat_model.apply({"params": flat}, ids, position_ids=positions, attention_mask=jnp.ones((2, 9), jnp.int32),
-                                 cache={k: list(v) for k, v in init_cache(cfg, 2, 9).items()}).cache
-    for key in ("k", "v"):
-        np.testing.assert_allclose(np.stack(per_layer[key]), stacked[key], atol=1e-5)
+    key_mask = jnp.ones((2, 9), jnp.int32).at[:, 7:].set(0)
+    cache = flat_model.apply({"params": flat}, ids[:, :6], position_ids=positions[:, :6], attention_mask=key_mask,
+                             cache=init_cache(cfg, 2, 9)).cache
+    assert len(cache["k"]) == cfg.num_hidden_layers and cache["k"][0].shape == (2, cfg.num_key_value_heads, 9, cfg.head_size)
+    step = flat_model.apply({"params": flat}, ids[:, 6:], position_ids=positions[:, 6:], attention_mask=key_mask,
+                            cache=cache, cache_index=6)
+    np.testing.assert_allclose(step.logits[:, 0], scanned[:, 6], atol=1e-5)
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        LlamaForCausalLM(cfg).apply({"params": params}, ids, position_ids=positions, cache=init_cache(cfg, 2, 9))

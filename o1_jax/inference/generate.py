@@ -104,7 +104,7 @@ def _compiled(model: LlamaForCausalLM, sampling: Sampling, embed: bool, num_samp
         b = u * num_samples  # row i * num_samples + j is sample j of prompt i
         n = sampling.max_new_tokens
         slots = p + n + (2 if embed else 0)
-        cache = {k: list(v) for k, v in init_cache(model.cfg, u, slots).items()}  # one [B, K, S, H] per layer
+        cache = init_cache(model.cfg, u, slots)  # one [B, K, S, H] per layer
         key_mask = jnp.zeros((u, slots), jnp.int32).at[:, :p].set(prompt_mask)
 
         def forward(ids, positions, key_mask, cache, index, logits=True):

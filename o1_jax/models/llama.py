@@ -39,11 +39,14 @@ class CausalLMOutput:
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int) -> dict:
-    """An empty KV cache: `k`, `v` `[L, B, K, S, H]` in the compute dtype.
-
-    Slots (S) next to the head size, so attention reads a layer's cache without a transpose."""
-    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, length, cfg.head_size)
-    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    """An empty KV cache for a `scan_layers=False` model: `k`, `v`, each a list of one
+    `[B, K, S, H]` array per layer, in the compute dtype. One array per layer, so a decode step
+    updates a layer's slots in place and attends over them without a copy; slots (S) next to the
+    head size, so without a transpose."""
+    shape = (batch, cfg.num_key_value_heads, length, cfg.head_size)
+    layers = range(cfg.num_hidden_layers)
+    return {"k": [jnp.zeros(shape, cfg.compute_dtype) for _ in layers],
+            "v": [jnp.zeros(shape, cfg.compute_dtype) for _ in layers]}
 
 
 def _init(cfg: LlamaConfig, axes: tuple[str, ...]):
@@ -168,22 +171,14 @@ class Attention(nn.Module):
         v = _dense(cfg, k * h, ("embed", "kv_heads"), qkv_bias, "v_proj")(x).reshape(b, t, k, h)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
         kk, v = kk.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
-        if cache is not None and isinstance(cache["k"], (list, tuple)):
-            # One [B, K, S, H] array per layer (unrolled decoding): update this layer's in place
-            # and attend over it directly, with no copy of the layer's slots.
+        if cache is not None:
+            # Write the new entries into this layer's slots (in place inside the decode loop),
+            # then attend over all of them.
             where = (0, 0, cache_index, 0)
             ks, vs = list(cache["k"]), list(cache["v"])
             ks[layer] = jax.lax.dynamic_update_slice(ks[layer], kk.astype(ks[layer].dtype), where)
             vs[layer] = jax.lax.dynamic_update_slice(vs[layer], v.astype(vs[layer].dtype), where)
             cache, kk, v = {"k": ks, "v": vs}, ks[layer], vs[layer]
-        elif cache is not None:
-            # Write only the new entries into the whole [L, B, K, S, H] cache (in place inside the
-            # decode loop), then read this layer's slots back for attention.
-            where = (layer, 0, 0, cache_index, 0)
-            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk[None].astype(cache["k"].dtype), where),
-                     "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), where)}
-            kk = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False)
 
         # Grouped-query attention without repeating K/V: query heads grouped per kv head.
         q = q.reshape(b, t, k, n // k, h)
@@ -211,7 +206,7 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, cos, sin, mask, cache_index):
-        x, cache, layer = carry  # the cache rides in the carry so the decode loop updates it in place
+        x, cache, layer = carry  # cache and (static) layer index only in the unscanned layout
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         attn, cache = Attention(self.cfg, name="self_attn")(
             RMSNorm(self.cfg, name="input_layernorm")(x), cos, sin, mask, cache_index, cache, layer)
@@ -260,6 +255,9 @@ class LlamaModel(nn.Module):
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None, cache_index=0):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
+        if cache is not None and self.cfg.scan_layers:
+            raise ValueError("a KV cache needs the unscanned layout: LlamaConfig(scan_layers=False) with "
+                             "parameters from unstack_layers (as o1_jax.inference.generate decodes)")
         if position_ids is None:
             if cache is not None:
                 raise ValueError("with a KV cache, position_ids must be given (the cache does not know them)")
@@ -268,9 +266,9 @@ class LlamaModel(nn.Module):
         mask = attention_bias_mask(self.cfg, attention_mask, input_ids.shape[1], cache_index)
         x = self.embed_tokens(input_ids).astype(self.cfg.compute_dtype)
         if self.cfg.scan_layers:
-            (x, cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, cache_index)
+            (x, _, _), _ = self.layers((x, None, jnp.int32(0)), cos, sin, mask, cache_index)
         else:
-            carry = (x, cache, 0)  # a static layer index: the cache update is at a fixed layer
+            carry = (x, cache, 0)
             for layer in self.layers:
                 carry, _ = layer(carry, cos, sin, mask, cache_index)
             x, cache, _ = carry
