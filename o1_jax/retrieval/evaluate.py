@@ -1,7 +1,8 @@
 """BEIR evaluation of an O1 embedder: encode (or reuse) the corpus, index it, retrieve, score.
 
 Metrics with pytrec_eval, as the original: nDCG@10, MRR@10, Recall@100, Recall@1000 over the
-split's queries that have relevance judgements, for the no-think and think(k) modes side by side.
+split's queries that have relevance judgements, for the no-think and think(k) modes side by side,
+and the same metrics for two baselines (BM25 and a sentence-transformers model).
 The corpus encoding is cached under a fingerprint of the model parameters, the tokenizer, the
 document length and the corpus file, so a stale cache from another checkpoint is never reused.
 """
@@ -13,7 +14,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -79,43 +81,127 @@ def encode_corpus_cached(embedder, folder: pathlib.Path, corpus: dict, cache_dir
     return doc_ids, embeddings, fp, False
 
 
-def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, num_thoughts: int = 3,
-                  modes: tuple[str, ...] = ("no_think", "think"), top_k: int = 1000, index_mode: str = "auto",
-                  cache_dir: str | os.PathLike | None = None, max_queries: int = 0, seed: int = 0,
-                  aggregate: str = "mean_normalized") -> dict[str, Any]:
-    """Scores each mode on a BEIR folder; returns {"modes": {mode: metrics}, ...timings and settings}."""
-    folder = pathlib.Path(folder)
+def judged_split(folder: pathlib.Path, split: str, max_queries: int = 0):
+    """(corpus, judged query ids, their texts, their qrels) of a BEIR split; `max_queries` keeps the first ones."""
     corpus, queries, qrels = load_beir(folder, split)
     judged = [q for q in qrels if q in queries]
     if max_queries:
         judged = judged[:max_queries]
-    qrels = {q: qrels[q] for q in judged}
-    texts = [queries[q] for q in judged]
+    return corpus, judged, [queries[q] for q in judged], {q: qrels[q] for q in judged}
+
+
+def search_run(index: Index, queries: np.ndarray, qids: Sequence[str], top_k: int) -> dict[str, dict[str, float]]:
+    scores, ids = index.search(queries, top_k)
+    return {qid: {d: float(s) for d, s in zip(row_ids, row_scores)}
+            for qid, row_ids, row_scores in zip(qids, ids, scores)}
+
+
+def overlap_at(run: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]], k: int) -> float:
+    """Mean fraction of `reference`'s top-k documents that `run`'s top-k also holds (ScaNN's recall@k against exact)."""
+    def top(docs):
+        return {d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])[:k]}
+
+    return float(np.mean([len(top(run[q]) & top(reference[q])) / max(len(top(reference[q])), 1) for q in reference]))
+
+
+def parse_mode(mode: str, num_thoughts: int) -> tuple[str, int]:
+    """("no_think", 0) or (f"think(k={k})", k) for "no_think", "think" (k = num_thoughts) or "think:K"."""
+    if mode == "no_think":
+        return "no_think", 0
+    if mode == "think":
+        k = num_thoughts
+    elif mode.startswith("think:") and mode[len("think:"):].isdigit():
+        k = int(mode[len("think:"):])
+    else:
+        raise ValueError(f"evaluation mode {mode!r}: expected 'no_think', 'think' or 'think:K' (K thoughts)")
+    if k < 1:
+        raise ValueError(f"evaluation mode {mode!r}: thinking needs at least one thought, got k={k}")
+    return f"think(k={k})", k
+
+
+def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, num_thoughts: int = 3,
+                  modes: tuple[str, ...] = ("no_think", "think"), top_k: int = 1000, index_mode: str = "auto",
+                  cache_dir: str | os.PathLike | None = None, max_queries: int = 0, seed: int = 0,
+                  aggregate: str = "mean_normalized", compare_scann: bool = False) -> dict[str, Any]:
+    """Scores each mode on a BEIR folder; returns {"modes": {mode: metrics}, ...timings and settings}.
+
+    A mode is "no_think", "think" (num_thoughts thoughts) or "think:K". With `compare_scann`, the
+    same query vectors are also searched in a ScaNN index (tree + AH + reordering, forced whatever
+    the corpus size) and each mode gets a "scann" entry: its metrics and the recall of its top-10
+    against this evaluation's own index (exact below 20k documents with index_mode="auto").
+    """
+    folder = pathlib.Path(folder)
+    parsed = [parse_mode(m, num_thoughts) for m in modes]  # bad modes fail before any encoding
+    corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
 
     t0 = time.perf_counter()
     doc_ids, doc_emb, fp, reused = encode_corpus_cached(
         embedder, folder, corpus, pathlib.Path(cache_dir) if cache_dir else None)
     encode_s = time.perf_counter() - t0
-    index = Index.build(doc_emb, doc_ids, mode=index_mode, embedding_info={"corpus_fingerprint": fp})
+    info = {"corpus_fingerprint": fp}
+    index = Index.build(doc_emb, doc_ids, mode=index_mode, embedding_info=info)
+    scann = Index.build(doc_emb, doc_ids, mode="scann", embedding_info=info) if compare_scann else None
 
     results: dict[str, Any] = {"folder": str(folder), "split": split, "num_queries": len(judged),
                                "num_docs": len(doc_ids), "corpus_cache_reused": reused,
                                "corpus_encode_s": encode_s, "index_mode": index.mode, "modes": {}}
-    for mode in modes:
+    if scann is not None:
+        results["scann_params"] = scann.params
+    for name, k in parsed:
         t = time.perf_counter()
-        if mode == "no_think":
+        if k == 0:
             q = embedder.encode_queries(texts)
-            name = "no_think"
-        elif mode == "think":
-            q = embedder.encode_queries(texts, num_thoughts=num_thoughts, seed=seed, aggregate=aggregate)
-            name = f"think(k={num_thoughts})"
         else:
-            raise ValueError(f"evaluation mode {mode!r}: expected 'no_think' or 'think'")
-        scores, ids = index.search(q, top_k)
-        run = {qid: {d: float(s) for d, s in zip(row_ids, row_scores)}
-               for qid, row_ids, row_scores in zip(judged, ids, scores)}
-        results["modes"][name] = {**ir_metrics(run, qrels), "query_encode_s": time.perf_counter() - t}
+            q = embedder.encode_queries(texts, num_thoughts=k, seed=seed, aggregate=aggregate)
+        encode_q = time.perf_counter() - t
+        run = search_run(index, q, judged, top_k)
+        results["modes"][name] = {**ir_metrics(run, qrels), "query_encode_s": encode_q}
+        if scann is not None:
+            approx = search_run(scann, q, judged, top_k)
+            results["modes"][name]["scann"] = {**ir_metrics(approx, qrels),
+                                               f"recall@10_vs_{index.mode}": overlap_at(approx, run, 10)}
     return results
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def evaluate_bm25(folder: str | os.PathLike, split: str = "test", *, top_k: int = 1000,
+                  max_queries: int = 0) -> dict[str, Any]:
+    """bm25s (English stopwords, default k1/b, document = title + " " + text) as a baseline row."""
+    from o1_jax.data.prepare import bm25_candidates
+    from o1_jax.data.records import doc_text
+
+    folder = pathlib.Path(folder)
+    corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
+    doc_ids = list(corpus)
+    t = time.perf_counter()
+    hits = bm25_candidates([doc_text(corpus[d]) for d in doc_ids], texts, top_k)
+    run = {qid: {doc_ids[i]: s for i, s in row} for qid, row in zip(judged, hits)}
+    return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
+            "index_mode": "bm25", "modes": {"bm25": {**ir_metrics(run, qrels), "seconds": time.perf_counter() - t}}}
+
+
+def evaluate_dense(model_path: str, folder: str | os.PathLike, split: str = "test", *, top_k: int = 1000,
+                   max_queries: int = 0, batch_size: int = 64) -> dict[str, Any]:
+    """A sentence-transformers model (e.g. all-MiniLM-L6-v2) as a baseline row: normalised embeddings,
+    exact inner-product search, document = title + " " + text."""
+    from o1_jax.data.records import doc_text
+    from o1_jax.synthesis.committee import DenseMember
+
+    folder = pathlib.Path(folder)
+    corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
+    doc_ids = list(corpus)
+    encoder = DenseMember(model_path, batch_size=batch_size)
+    t = time.perf_counter()
+    doc_emb = encoder.embed_docs([doc_text(corpus[d]) for d in doc_ids])
+    encode_s = time.perf_counter() - t
+    index = Index.build(doc_emb, doc_ids, mode="exact")
+    t = time.perf_counter()
+    run = search_run(index, encoder.embed_queries(texts), judged, top_k)
+    return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
+            "corpus_encode_s": encode_s, "index_mode": "exact",
+            "modes": {"dense": {**ir_metrics(run, qrels), "query_encode_s": time.perf_counter() - t}}}
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -123,4 +209,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     lines = [header, "|" + " --- |" * (len(METRICS) + 1)]
     for mode, m in results["modes"].items():
         lines.append(f"| {mode} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+        if "scann" in m:
+            recall = next(v for k, v in m["scann"].items() if k.startswith("recall@10_vs_"))
+            lines.append(f"| {mode}, ScaNN (top-10 recall vs {results['index_mode']} {recall:.4f}) | "
+                         + " | ".join(f"{m['scann'][k]:.4f}" for k in METRICS) + " |")
     return "\n".join(lines)

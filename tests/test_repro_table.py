@@ -1,0 +1,58 @@
+"""benchmarks/repro_table.py: the reproduction's tables from evaluate's JSON files, and a clear error for a missing one."""
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _table_module():
+    spec = importlib.util.spec_from_file_location("repro_table", ROOT / "benchmarks" / "repro_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(x):
+    return {"ndcg@10": x, "mrr@10": x + 0.01, "recall@100": x + 0.02, "recall@1000": x + 0.03}
+
+
+def _write_results(folder, skip=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for s, base in (("scifact", 0.1), ("nfcorpus", 0.5)):
+        files = {
+            "bm25": {"modes": {"bm25": _metrics(base)}},
+            "minilm": {"modes": {"dense": _metrics(base + 0.01)}, "corpus_encode_s": 7.0, "num_docs": 10},
+            "untrained": {"modes": {"no_think": _metrics(base + 0.02)}},
+            "nothink": {"modes": {"no_think": _metrics(base + 0.03)}},
+            "o1": {"index_mode": "exact", "num_queries": 3, "num_docs": 10, "corpus_encode_s": 12.0,
+                   "scann_params": {"num_leaves": 4, "num_leaves_to_search": 2, "reorder": 10},
+                   "modes": {m: {**_metrics(base + d), "query_encode_s": 1.0,
+                                 "scann": {**_metrics(base + d - 0.001), "recall@10_vs_exact": 0.9}}
+                             for m, d in (("no_think", 0.04), ("think(k=1)", 0.05), ("think(k=3)", 0.06))}},
+        }
+        for name, r in files.items():
+            if (s, name) != skip:
+                (folder / f"{s}-{name}.json").write_text(json.dumps(r))
+
+
+def test_tables(tmp_path, capsys):
+    table = _table_module()
+    _write_results(tmp_path / "results")
+    (tmp_path / "timings.tsv").write_text(f"{tmp_path}/o1.done\t1234\n")
+    assert table.main(["--results", str(tmp_path / "results"), "--timings", str(tmp_path / "timings.tsv"),
+                       "--out", str(tmp_path / "table.md")]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "table.md").read_text() == text
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| ")}
+    assert rows["BM25 (bm25s, English stopwords)"][:4] == ["0.1000", "0.1100", "0.1200", "0.5000"]
+    assert rows["O1 SmolLM2, thinking, k = 3 (sampled, averaged)"][0] == "0.1600"
+    assert rows["NFCorpus"] == ["think(k=3)", "0.5600", "0.5590", "0.9000", "leaves 2/4, reorder 10 |"]
+    assert rows["o1.done"] == ["1,234 |"]
+
+
+def test_missing_result_is_named(tmp_path, capsys):
+    _write_results(tmp_path / "results", skip=("nfcorpus", "minilm"))
+    assert _table_module().main(["--results", str(tmp_path / "results")]) == 2
+    assert "nfcorpus-minilm.json: missing" in capsys.readouterr().err
