@@ -167,3 +167,16 @@ def test_max_queries_is_a_seeded_subset_in_qrels_order(tmp_path):
     assert prepare.build_records(corpus, queries, qrels, 2, 5, 0, max_queries=50) == full
     with pytest.raises(SystemExit):
         prepare.main(["--beir", str(tmp_path), "--max_queries", "-1", "--out", str(tmp_path / "o.jsonl")])
+
+
+def test_cli_max_queries_reports_the_subset(tmp_path, capsys):
+    docs = {f"d{i}": (f"Topic {i}", f"Document {i} about subject {i}.") for i in range(12)}
+    queries = {f"q{i}": f"subject {i}" for i in range(10)}
+    qrels = [(f"q{i}", f"d{i}", 1) for i in range(9)] + [("q9", "d9", 0)]
+    beir = make_beir(tmp_path / "beir", docs, queries, qrels)
+    out = tmp_path / "o.jsonl"
+    assert prepare.main(["--beir", str(beir), "--negatives", "2", "--depth", "5", "--max_queries", "4",
+                         "--out", str(out)]) == 0
+    assert "4 records (a seeded subset of 4 of 9 queries with a positive, 1 judged queries without a positive skipped)" \
+        in capsys.readouterr().out
+    assert len(read_records(out)) == 4

@@ -209,11 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_records(records, args.out)
     seconds = time.perf_counter() - start
-    skipped = len(qrels) - len(records)
+    with_pos = sum(any(score > 0 for score in judged.values()) for judged in qrels.values())
+    subset = f"a seeded subset of {len(records)} of {with_pos} queries with a positive, " if len(records) < with_pos else ""
+    skipped = len(qrels) - with_pos
     mean_pos = sum(len(r["pos"]) for r in records) / max(len(records), 1)
     mean_neg = sum(len(r["neg"]) for r in records) / max(len(records), 1)
     print(
-        f"{args.out}: {len(records)} records ({skipped} judged queries without a positive skipped), "
+        f"{args.out}: {len(records)} records ({subset}{skipped} judged queries without a positive skipped), "
         f"{mean_pos:.2f} positives and {mean_neg:.2f} negatives per record, "
         f"corpus {len(corpus)} docs, {seconds:.1f} s"
     )
