@@ -12,6 +12,7 @@ sentence-transformers folder, exact search); both need `--config.output`.
 
 import json
 import pathlib
+import sys
 
 from absl import app, flags, logging
 from etils import epath
@@ -100,7 +101,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    run(_CONFIG.value)
+    try:
+        run(_CONFIG.value)
+    except (ValueError, FileNotFoundError) as e:  # bad config or data: one sentence, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,13 @@ def test_evaluate_config_errors(tmp_path, overrides, words):
         node[leaf] = type(node[leaf])(value)
     with pytest.raises(ValueError, match=re.escape(words)):
         evaluate.run(config)
+
+
+def test_cli_bad_folder_is_one_sentence(tmp_path):
+    out = tmp_path / "bm25.json"
+    cmd = [sys.executable, "-m", "o1_jax.evaluate", "--config", "configs/eval_beir.py", "--config.model.kind=bm25",
+           f"--config.data.path={tmp_path / 'nowhere'}", f"--config.output={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {tmp_path / 'nowhere'}: no such folder" in proc.stderr
+    assert not out.exists()
