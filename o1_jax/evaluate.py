@@ -61,15 +61,15 @@ def model_path(spec: str) -> str:
     return spec
 
 
-def evaluate(config) -> dict:
+def evaluate(config, path: str) -> dict:
+    """The results of config.model.kind on config.data; `path` is config.model.path resolved by `model_path`."""
     folder = pathlib.Path(config.data.path)
     kind = config.model.kind
     if kind == "bm25":
         return evaluate_bm25(folder, config.data.split, top_k=config.top_k, max_queries=config.max_queries)
     if kind == "dense":
-        return evaluate_dense(model_path(config.model.path), folder, config.data.split, top_k=config.top_k,
+        return evaluate_dense(path, folder, config.data.split, top_k=config.top_k,
                               max_queries=config.max_queries, **({"batch_size": config.batch_size} if config.batch_size else {}))
-    path = model_path(config.model.path)
     overrides = {key: config[key] for key in LENGTH_KEYS + ("batch_size",) if config[key]}
     embedder = O1Embedder.from_pretrained(path, dtype=config.model.dtype, **overrides)
     cache = config.cache_dir or str(epath.Path(path) / "eval" / "cache")
@@ -83,10 +83,11 @@ def evaluate(config) -> dict:
 
 def run(config) -> dict:
     check_config(config)
-    results = evaluate(config)
+    path = model_path(config.model.path)
+    results = evaluate(config, path)
     folder = pathlib.Path(config.data.path)
     results["model"] = {"kind": config.model.kind, "path": config.model.path}
-    out = epath.Path(config.output or epath.Path(model_path(config.model.path)) / "eval" / f"{folder.name}-{config.data.split}.json")
+    out = epath.Path(config.output or epath.Path(path) / "eval" / f"{folder.name}-{config.data.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -21,6 +21,7 @@ from o1_jax.retrieval.evaluate import (
     ir_metrics,
     overlap_at,
 )
+from o1_jax.retrieval.index import Index
 
 
 def test_metrics_match_hand_computation():
@@ -102,7 +103,7 @@ def test_index_build_and_search_commands(setup, tmp_path):
     assert code == 2 and not (tmp_path / "r2.trec").exists()
 
 
-def test_modes_and_scann_comparison(setup, tmp_path):
+def test_modes_and_scann_comparison(setup, tmp_path, monkeypatch):
     beir, model_dir = setup
     emb = O1Embedder.from_pretrained(model_dir, max_thought_tokens=4, batch_size=64)
     r = evaluate_beir(emb, beir, modes=("no_think", "think:2"), cache_dir=tmp_path, max_queries=6,
@@ -113,6 +114,22 @@ def test_modes_and_scann_comparison(setup, tmp_path):
     assert r["scann_params"]["num_leaves"] >= 1
     table = format_table(r)
     assert "| think(k=2), ScaNN (top-10 recall vs exact" in table
+    # With a ScaNN index for the evaluation itself, the comparison is still against exact search:
+    # one index of each kind is built, and the evaluation's own metrics are ScaNN's.
+    built = []
+    build = Index.build.__func__
+
+    def spy(cls, emb_, ids, mode="auto", **kw):
+        built.append(mode)
+        return build(cls, emb_, ids, mode=mode, **kw)
+
+    monkeypatch.setattr(Index, "build", classmethod(spy))
+    approx = evaluate_beir(emb, beir, modes=("no_think",), cache_dir=tmp_path, max_queries=6, index_mode="scann",
+                           compare_scann=True)
+    assert built == ["scann", "exact"]
+    m = approx["modes"]["no_think"]
+    assert {k: m[k] for k in METRICS} == {k: m["scann"][k] for k in METRICS}
+    assert 0.0 <= m["scann"]["recall@10_vs_exact"] <= 1.0
     for bad in ("think:0", "think:x", "thinking"):
         with pytest.raises(ValueError, match="evaluation mode"):
             evaluate_beir(emb, beir, modes=(bad,), cache_dir=tmp_path, max_queries=2)
