@@ -332,50 +332,93 @@ def _ends_without_newline(path: str) -> bool:
 
 
 class ProgressBar:
-    """tqdm bar with step/total, steps/s, ETA and the latest loss; a no-op off a terminal.
+    """Progress with n/total, rate, ETA and the latest loss: a tqdm bar on a terminal.
 
-    Off a terminal (a log file, a cluster job) the bar's carriage returns would only
-    clutter the log, and the stdout lines of `MetricWriter` already say everything.
+    Off a terminal (a log file, a cluster job) a bar's carriage returns would only clutter the
+    log. There, with `log_every_s=None` (training: `MetricWriter`'s stdout lines already say
+    everything) nothing is printed; with a number of seconds (synthesis, whose only other output
+    is the summary at the end) one plain line `desc n/total unit, rate, ETA` goes to stderr at
+    most that often, and once more at `close()`.
     """
 
-    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train"):
-        self._total, self._desc = total, desc
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train",
+                 unit: str = "step", log_every_s: float | None = None):
+        self._total, self._desc, self._unit = total, desc, unit
         self._bar = self._new_bar(initial) if enabled and sys.stderr.isatty() else None
+        self._lines = enabled and self._bar is None and log_every_s is not None
+        self._log_every_s = log_every_s or 0.0
+        self._n = self._start_n = self._logged_n = initial
+        self._start = self._last_line = time.monotonic()
+        self._loss: str | None = None
 
     def _new_bar(self, initial: int) -> tqdm:
         return tqdm(
-            total=self._total, initial=initial, desc=self._desc, unit="step", file=sys.stderr,
+            total=self._total, initial=initial, desc=self._desc, unit=self._unit, file=sys.stderr,
             dynamic_ncols=True,
             bar_format="{desc} {n}/{total} {bar} [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
         )
 
     def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
-        """Moves the bar to the absolute `step` and shows `metrics['loss']` if given."""
-        if self._bar is None:
-            return
+        """Moves to the absolute `step` and shows `metrics['loss']` if given."""
         step = int(step)
-        if step < self._bar.n:
-            # Moved back (a restart from an earlier checkpoint): a fresh bar, since tqdm's
-            # rate and ETA would go negative.
-            postfix = self._bar.postfix
-            self._bar.close()
-            self._bar = self._new_bar(step)
-            self._bar.set_postfix_str(postfix or "", refresh=False)
         if metrics is not None and metrics.get("loss") is not None:
-            self._bar.set_postfix_str(f"loss {format_value(_to_python('loss', metrics['loss']))}",
-                                      refresh=False)
-        self._bar.update(step - self._bar.n)  # tqdm redraws at most every 0.1 s
+            self._loss = f"loss {format_value(_to_python('loss', metrics['loss']))}"
+        if step < self._n:  # moved back (a restart from an earlier checkpoint): rates start again
+            self._start_n, self._start = step, time.monotonic()
+        self._n = step
+        if self._bar is not None:
+            if step < self._bar.n:
+                # A fresh bar, since tqdm's rate and ETA would go negative.
+                postfix = self._bar.postfix
+                self._bar.close()
+                self._bar = self._new_bar(step)
+                self._bar.set_postfix_str(postfix or "", refresh=False)
+            if self._loss is not None:
+                self._bar.set_postfix_str(self._loss, refresh=False)
+            self._bar.update(step - self._bar.n)  # tqdm redraws at most every 0.1 s
+        elif self._lines and time.monotonic() - self._last_line >= self._log_every_s:
+            self._print_line()
+
+    def advance(self, n: int = 1) -> None:
+        """Moves `n` forward (a batch of `n` units done)."""
+        self.update(self._n + n)
+
+    def _print_line(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._start
+        done = self._n - self._start_n
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self._desc} {self._n}/{self._total} {self._unit}s"]
+        if rate > 0:
+            left = max(self._total - self._n, 0) / rate
+            parts.append(f"{rate:.3g} {self._unit}s/s, {_duration(elapsed)} elapsed, {_duration(left)} left")
+        if self._loss is not None:
+            parts.append(self._loss)
+        print(", ".join(parts), file=sys.stderr, flush=True)
+        self._last_line, self._logged_n = now, self._n
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._lines and self._n != self._logged_n:
+            self._print_line()
+        self._lines = False
 
     def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # ---- model FLOPs utilisation ----

@@ -234,6 +234,22 @@ def test_progress_bar_off_a_terminal_is_silent(monkeypatch):
     assert err.getvalue() == ""
 
 
+def test_progress_bar_off_a_terminal_logs_lines_when_asked(monkeypatch):
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    clock = iter([0.0, 10.0, 40.0, 40.0, 41.0, 41.0])  # start, update, update + line, update, close + line
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: next(clock))
+    bar = ProgressBar(12, initial=2, desc="synthesize", unit="thought", log_every_s=30.0)
+    bar.advance(3)  # t=10: too soon for a line
+    assert err.getvalue() == ""
+    bar.advance(3)  # t=40: a line, rate from the 6 thoughts done since the start (not the 2 resumed)
+    bar.advance(2)  # t=41: too soon again
+    bar.close()  # the last state always gets a line
+    lines = err.getvalue().splitlines()
+    assert lines == ["synthesize 8/12 thoughts, 0.15 thoughts/s, 40 s elapsed, 27 s left",
+                     "synthesize 10/12 thoughts, 0.195 thoughts/s, 41 s elapsed, 10 s left"]
+
+
 def test_progress_bar_on_a_terminal(monkeypatch):
     err = _Terminal()
     monkeypatch.setattr(sys, "stderr", err)

@@ -446,3 +446,27 @@ def test_cli_end_to_end_with_smollm2(tmp_path, smollm2_path):
     bad = subprocess.run(cmd + ["--config.expert.max_new_token=8"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode != 0 and "max_new_token" in bad.stderr
+
+
+def test_progress_moves_after_every_generated_batch_not_every_chunk(tmp_path, monkeypatch):
+    raw = make_records(7)
+    inputs = pipeline.read_inputs(write_jsonl(tmp_path / "in.jsonl", raw))
+    expert = IdExpert([r for _, r in inputs], batch_size=6)  # one 3-candidate prompt = 3 rows: 2 prompts a batch
+    moves = []
+
+    class Recorder:
+        def __init__(self, total, *, initial, enabled, desc, unit, log_every_s):
+            moves.append(("start", initial, total, unit))
+
+        def advance(self, n):
+            moves.append(("advance", n, expert.batches))
+
+        def close(self):
+            moves.append(("close",))
+
+    monkeypatch.setattr(pipeline, "ProgressBar", Recorder)
+    pipeline.synthesize(inputs, expert, [committee.BM25Member()], output=tmp_path / "out.jsonl",
+                        num_candidates=3, chunk_size=64)  # all 7 records in one chunk
+    # 7 prompts in batches of 2, 2, 2, 1: four moves inside the one chunk, each right after its batch.
+    assert moves == [("start", 0, 21, "thought"), ("advance", 6, 1), ("advance", 6, 2), ("advance", 6, 3),
+                     ("advance", 3, 4), ("close",)]

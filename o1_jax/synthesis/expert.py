@@ -29,7 +29,7 @@ import dataclasses
 import math
 import pathlib
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -162,8 +162,11 @@ class Expert(abc.ABC):
         k = self.prompts_per_batch(samples)
         return Plan(units, samples, prompts, [order[s:s + k] for s in range(0, len(order), k)])
 
-    def propose(self, records: Sequence[dict], n: int, rng_seed: int) -> list[list[str]]:
-        """`n` candidate thoughts per record: `out[i][j]` is candidate j of `records[i]`."""
+    def propose(self, records: Sequence[dict], n: int, rng_seed: int,
+                on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
+        """`n` candidate thoughts per record: `out[i][j]` is candidate j of `records[i]`.
+
+        `on_batch(k)` is called after each generated batch with its k thoughts (for progress)."""
         plan = self.plan(records, n)
         out: list[list[str | None]] = [[None] * n for _ in records]
         for b, batch in enumerate(plan.batches):
@@ -175,6 +178,8 @@ class Expert(abc.ABC):
                 i, first = plan.units[u]
                 for s, text in enumerate(group):
                     out[i][first + s] = text
+            if on_batch is not None:
+                on_batch(len(batch) * plan.samples)
         assert all(t is not None for cands in out for t in cands)
         return out  # type: ignore[return-value]
 

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from o1_jax.data.records import RecordError, atomic_open, iter_json_lines, validate_record
+from o1_jax.metrics import ProgressBar
 from o1_jax.synthesis import committee as committee_lib
 from o1_jax.synthesis.expert import Expert, FewShotPool, GenerationSettings, LlamaExpert, stable_hash
 
@@ -169,13 +170,16 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
     committees = [c for _, c in done]  # what the summary needs, not the whole records
     todo = [(obj, rec) for obj, rec in inputs if rec["id"] not in done_ids]
 
-    bar = _progress(len(inputs), len(done), progress)
+    # Counted in thoughts, advanced after each generated batch: a chunk of records takes minutes.
+    bar = ProgressBar(len(inputs) * num_candidates, initial=len(done) * num_candidates, enabled=progress,
+                      desc="synthesize", unit="thought", log_every_s=30.0)
     appender = _Appender(output)
     try:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             records = [rec for _, rec in chunk]
-            candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]))
+            candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]),
+                                        on_batch=bar.advance)
             scores = {m.name: m.score(records, candidates) for m in members}
             result = committee_lib.vote(scores, weights, rule)
             for i, ((obj, rec), cands) in enumerate(zip(chunk, candidates)):
@@ -190,7 +194,6 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
                            committee=record_committee)
                 appender.write(out)
                 committees.append(record_committee)
-                bar.update(1)
     finally:
         appender.close()
         bar.close()
@@ -198,13 +201,6 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
     with atomic_open(pathlib.Path(str(output) + ".summary.json")) as f:
         json.dump(summary, f, indent=2)
     return summary
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="rec", desc="synthesize", disable=not enabled,
-                file=sys.stderr, mininterval=2.0, smoothing=0.1)
 
 
 def summarize(committees: Sequence[dict], seed: int = 0) -> dict:
