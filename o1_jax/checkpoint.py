@@ -16,25 +16,119 @@ resumes on another. Before any array is read, the stored config fingerprint and
 the stored shapes are compared with the current ones, and a mismatch stops with
 one sentence naming the key or the parameter.
 
+Integrity. Once orbax has committed a step, process 0 writes `<dir>/<step>/sha256_manifest.json`
+(the sha256 of every other file in the step folder). "Committed" is only known on the main
+thread when orbax's background save has finished, so the manifest of an async save is written
+by the first of: `maybe_save` on a later step that finds the save finished (a cheap poll),
+the next `save` (which has to wait for the previous one anyway), `wait` and `close`. The same
+poll surfaces a failed background write (a full disk) as one OSError at the next step, instead
+of training on without checkpoints. Hashing reads the step back once, on the main thread.
+
+`restore` checks, in this order: the manifest (a file missing or with another sha256), orbax's
+and our JSON metadata (a file that does not parse is named), the config fingerprint and shapes
+(a mismatch is an error, never a fallback), the arrays themselves, and that every floating
+array is finite (`save` refuses a non-finite state, so one restored non-finite was corrupted on
+disk). With `step=None` a corrupted step falls back to the next older one, printing one line
+saying which step and file failed; when none is intact it stops with one sentence naming the
+file. An explicit `step` never falls back.
+
+A committed step WITHOUT a manifest is what a process killed between orbax's commit and the
+manifest write leaves (only ever the newest step), or a step saved before manifests existed.
+It is restored without the sha256 check, after the other checks above, with one line saying
+so; it is never given a manifest afterwards, since that would vouch for bytes nobody checked.
+
 Every method that writes or reads is collective: in a multi-process run all
-processes call it (orbax synchronises them and has each write its own shards).
+processes call it (orbax synchronises them and has each write its own shards). Every
+process reads the same files, so all reach the same verdict on which step is intact.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
+import re
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 
 STATE, META, CONFIG = "state", "meta", "config"
+MANIFEST = "sha256_manifest.json"
+# orbax's JSON files in a step folder, in the order a bad one is looked for.
+_JSON_FILES = ("_CHECKPOINT_METADATA", f"{META}/metadata", f"{CONFIG}/metadata", f"{STATE}/_METADATA",
+               f"{STATE}/_sharding")
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+    """Drops the traceback from orbax's ERROR records: every save failure reaches the caller as one
+    OSError anyway, and a full disk otherwise prints hundreds of lines of the same traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ONE_LINE_ORBAX_ERRORS = _OneLineOrbaxErrors()
+
+
+class _Corrupt(Exception):
+    """A step that cannot be trusted; the message names the file and what is wrong with it."""
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Writes `obj` as JSON to a temporary name beside `path`, then renames it onto `path`."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)  # os.replace locally; on GCS a copy of one object, which appears whole or not at all
+
+
+def _files(folder: epath.Path, prefix: str = "") -> list[str]:
+    """Every file under `folder` as a '/'-joined relative path, sorted (local or remote)."""
+    out = []
+    for child in folder.iterdir():
+        rel = f"{prefix}{child.name}"
+        out += _files(child, rel + "/") if child.is_dir() else [rel]
+    return sorted(out)
+
+
+def _sha256(path: epath.Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _finite_flags_fn(out_sharding):
+    # One bool per leaf; the result is replicated so every process can read it.
+    return jax.jit(lambda leaves: jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]), out_shardings=out_sharding)
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+    """Names (as `_flat_leaves` spells them) of the floating arrays in `tree` that hold a NaN or inf."""
+    flat = {k: x for k, x in _flat_leaves(tree).items()
+            if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)}
+    if not flat:
+        return []
+    first = next(iter(flat.values())).sharding
+    out = NamedSharding(first.mesh, PartitionSpec()) if isinstance(first, NamedSharding) else None
+    flags = _finite_flags_fn(out)(list(flat.values()))
+    flags = np.asarray(flags.addressable_data(0))
+    return [name for name, ok in zip(flat, flags) if not ok]
 
 
 def _jsonable(obj: Any, what: str) -> Any:
@@ -122,6 +216,9 @@ class Checkpointer:
             create=True,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
+        logging.getLogger("absl").addFilter(_ONE_LINE_ORBAX_ERRORS)  # once: the same filter object
+        self._async = async_save
+        self._unfinished: list[int] = []  # saved by this process, not yet known committed + manifested
 
     # ---- queries ----
 
@@ -135,8 +232,14 @@ class Checkpointer:
     # ---- saving ----
 
     def maybe_save(self, step: int, state: Any, meta: Mapping[str, Any] | None = None) -> bool:
-        """Saves when `step` is a multiple of `save_every`; returns whether it saved."""
+        """Saves when `step` is a multiple of `save_every`; returns whether it saved.
+
+        On other steps it checks, without blocking, whether an async save has finished, so its
+        manifest is written and a failed write stops the caller at once (an OSError).
+        """
         if step % self.save_every:
+            if self._unfinished and not self._mngr.is_saving_in_progress():
+                self._finish()
             return False
         return self.save(step, state, meta)
 
@@ -145,13 +248,20 @@ class Checkpointer:
 
         `force` is accepted for the call sites that mean "save now regardless" (SIGTERM,
         end of training); a step that already exists is never overwritten, and saving it
-        again returns False instead of raising.
+        again returns False instead of raising. Raises FloatingPointError (saving nothing)
+        when a floating array of `state` is not finite, and OSError when the write fails.
         """
         del force  # the save_every policy lives in maybe_save; here every call saves
         step = int(step)
+        self._finish()  # orbax would wait for the previous save here anyway
         if step in self._mngr.all_steps():
             log.info("checkpoint for step %d already exists in %s; not saving again", step, self.directory)
             return False
+        bad = nonfinite_leaves(state)
+        if bad:
+            raise FloatingPointError(
+                f"{self.directory}: not saving step {step}, its state has non-finite values in {bad[0]}"
+                + (f" and {len(bad) - 1} more arrays" if len(bad) > 1 else ""))
         meta = _jsonable(dict(meta or {}), "checkpoint meta")
         args = ocp.args.Composite(
             **{
@@ -160,20 +270,60 @@ class Checkpointer:
                 CONFIG: ocp.args.JsonSave(self.fingerprint),
             }
         )
+        self._unfinished.append(step)
         # force=True: the decision was made above, and orbax's own policy would skip a
         # step while an earlier async save is still in flight.
-        saved = self._mngr.save(step, args=args, force=True)
+        try:
+            saved = self._mngr.save(step, args=args, force=True)
+        except Exception as e:  # a synchronous save (or its blocking part) that failed
+            raise self._save_error(e) from None
         if saved:
             log.info("saving checkpoint for step %d to %s", step, self.directory)
+        else:
+            self._unfinished.remove(step)
+        if not self._async:
+            self._finish()
         return saved
+
+    def _finish(self) -> None:
+        """Waits for the save in flight, raises its failure as one OSError, writes the manifests."""
+        if not self._unfinished:
+            return
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(e) from None
+        steps, self._unfinished = self._unfinished, []
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            folder = self.directory / str(step)
+            if folder.is_dir():  # not already removed by keep-N
+                files = [f for f in _files(folder) if f != MANIFEST]
+                atomic_write_json(folder / MANIFEST, {"step": step, "sha256": {f: _sha256(folder / f) for f in files}})
+
+    def _save_error(self, e: Exception) -> OSError:
+        code = getattr(e, "errno", None)
+        found = re.search(r"os_error_code='?(\d+)", str(e))  # tensorstore reports the OS error in its message
+        code = code or (int(found.group(1)) if found else None)
+        reason = f"{os.strerror(code)} (errno {code})" if code else (str(e).splitlines() or [type(e).__name__])[0][:300]
+        steps = self._unfinished
+        self._unfinished = []
+        intact = [s for s in self.all_steps() if s not in steps and (self.directory / str(s)).is_dir()]
+        err = OSError(f"{self.directory}: saving the checkpoint for step {steps[-1] if steps else '?'} failed: "
+                      f"{reason}; the steps saved before it ({', '.join(map(str, intact)) or 'none'}) are intact")
+        err.errno = code
+        return err
 
     def wait(self) -> None:
         """Blocks until async saves have finished (and raises their errors, if any)."""
-        self._mngr.wait_until_finished()
+        self._finish()
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        try:
+            self._finish()
+        finally:
+            self._mngr.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -184,20 +334,26 @@ class Checkpointer:
     # ---- restoring ----
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Returns `(state, meta)` of `step` (the latest when None), arrays on `abstract_state`'s shardings.
+        """Returns `(state, meta)` of `step` (the latest intact one when None), arrays on `abstract_state`'s shardings.
 
         Raises FileNotFoundError when the step does not exist and ValueError when the
-        checkpoint does not fit the current config or `abstract_state`.
+        checkpoint is corrupted (with `step=None`: when no step is intact) or does not fit
+        the current config or `abstract_state`.
         """
+        _, state, meta = self.restore_step(step, abstract_state)
+        return state, meta
+
+    def restore_step(self, step: int | None, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+        """`(step, state, meta)`: `restore`, also saying which step it restored (after a fallback, an older one)."""
         steps = self.all_steps()
         if step is None:
             if not steps:
                 raise FileNotFoundError(f"no checkpoints in {self.directory}")
-            step = steps[-1]
-        step = int(step)
-        if step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; found steps {steps}")
-        where = f"checkpoint at {self.directory / str(step)}"
+            candidates = steps[::-1]
+        else:
+            if int(step) not in steps:
+                raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; found steps {steps}")
+            candidates = [int(step)]
 
         abstract_state = jax.tree.map(_to_abstract, abstract_state)
         for name, leaf in _flat_leaves(abstract_state).items():
@@ -206,17 +362,90 @@ class Checkpointer:
                     f"abstract_state leaf {name} has no sharding; pass jax.ShapeDtypeStruct(shape, dtype, "
                     "sharding=...) so the checkpoint can be placed on the current mesh"
                 )
+        for i, s in enumerate(candidates):
+            try:
+                state, meta = self._restore_one(s, abstract_state)
+                return s, state, meta
+            except _Corrupt as e:
+                if i + 1 == len(candidates):
+                    older = "" if step is not None else f", and no older intact step remains in {self.directory}"
+                    raise ValueError(f"{e}{older}") from None
+                if jax.process_index() == 0:
+                    print(f"{e}; falling back to step {candidates[i + 1]}", flush=True)
+        raise AssertionError("unreachable")
 
-        self._check_fingerprint(step, where)
-        self._check_shapes(step, where, abstract_state)
+    def set_aside(self, step: int) -> epath.Path:
+        """Renames a (corrupted) step folder to `<step>.corrupt`, out of orbax's sight; returns the new path.
 
-        restored = self._mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-            ),
-        )
+        A run that fell back to an older step calls this for the newer ones, so that it saves
+        those steps afresh instead of skipping them as existing, and keep-N never counts them.
+        """
+        folder, aside = self.directory / str(step), self.directory / f"{step}.corrupt"
+        if jax.process_index() == 0:
+            if aside.exists():
+                aside.rmtree()
+            folder.rename(aside)
+        if jax.process_count() > 1:  # every process must see the rename before it reloads
+            multihost_utils.sync_global_devices(f"o1_jax_set_aside_{step}")
+        self._mngr.reload()
+        return aside
+
+    def _restore_one(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        folder = self.directory / str(step)
+        where = f"checkpoint at {folder}"
+        self._verify_manifest(step, folder)
+        try:
+            self._check_fingerprint(step, where)
+            self._check_shapes(step, where, abstract_state)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._corrupt_json(folder, e) from None
+        try:
+            restored = self._mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+                ),
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._corrupt_json(folder, e) from None
+        except (OSError, ValueError) as e:  # tensorstore's read or decode errors are ValueErrors
+            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            raise _Corrupt(f"{folder}: the arrays could not be read ({first})") from None
+        bad = nonfinite_leaves(restored[STATE])
+        if bad:
+            raise _Corrupt(f"{folder / STATE}: {bad[0]} is not finite, though a non-finite state is never saved, "
+                           "so the step is corrupted")
         return restored[STATE], dict(restored[META] or {})
+
+    def _verify_manifest(self, step: int, folder: epath.Path) -> None:
+        path = folder / MANIFEST
+        if not path.exists():
+            if jax.process_index() == 0:
+                print(f"{folder}: no {MANIFEST} (saved before manifests, or killed before it was written), "
+                      f"so step {step} is restored without the sha256 check", flush=True)
+            return
+        try:
+            want = json.loads(path.read_text())["sha256"]
+            assert isinstance(want, dict)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise _Corrupt(f"{path}: not a JSON object with a 'sha256' mapping, so step {step} is corrupted") from None
+        for rel, digest in want.items():
+            f = folder / rel
+            if not f.exists():
+                raise _Corrupt(f"{f}: missing, though {MANIFEST} lists it, so step {step} is corrupted")
+            if _sha256(f) != digest:
+                raise _Corrupt(f"{f}: its sha256 differs from the one in {MANIFEST}, so step {step} is corrupted")
+
+    @staticmethod
+    def _corrupt_json(folder: epath.Path, e: Exception) -> _Corrupt:
+        for rel in _JSON_FILES:
+            f = folder / rel
+            try:
+                if f.exists():
+                    json.loads(f.read_text())
+            except (ValueError, UnicodeDecodeError) as bad:
+                return _Corrupt(f"{f}: not valid JSON ({bad}), so step {folder.name} is corrupted")
+        return _Corrupt(f"{folder}: a metadata file is not valid JSON ({e}), so step {folder.name} is corrupted")
 
     def _check_fingerprint(self, step: int, where: str) -> None:
         if not (self.directory / str(step) / CONFIG).exists():

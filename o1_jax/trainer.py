@@ -14,6 +14,7 @@ array_record data cache never does, since it is read by memory-mapped random acc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,8 +37,8 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from o1_jax import flops as flops_lib
-from o1_jax import objective, sharding, trainable
-from o1_jax.checkpoint import Checkpointer
+from o1_jax import defaults, objective, sharding, trainable
+from o1_jax.checkpoint import Checkpointer, atomic_write_json
 from o1_jax.data import formatting, storage
 from o1_jax.data.synthetic import make_tokenizer, write_demo_data
 from o1_jax.hf import convert, fetch
@@ -146,7 +147,13 @@ def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids
             metrics = jax.tree_util.tree_map(lambda m: m / microbatches, metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+        grad_norm = optax.tree.norm(grads)
+        # A non-finite loss or gradient skips the update (as optax.apply_if_finite), so the steps
+        # train.max_nonfinite_steps tolerates never corrupt the state; the host decides when to stop.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state["params"], state["opt_state"]))
+        metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state["step"]))
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step
@@ -394,6 +401,7 @@ def assemble_run(config, cfg: LlamaConfig, tokenizer, special_ids: list[int], or
 
 def train(config, workdir: str | os.PathLike, devices: list | None = None) -> TrainResult:
     """Runs (or resumes) the job in `workdir` (a local folder or a URL), on `devices` (default: all)."""
+    defaults.check_config(config)  # an impossible value stops here, naming its key, before any work
     _maybe_initialize_distributed(config)
     workdir = epath.Path(workdir)
     is_main = jax.process_index() == 0
@@ -413,17 +421,25 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
 
     run = build_run(config, tokenizer, original_vocab, num_steps, devices)
     _check_batch(config, run.mesh)
-    if is_main:
-        _save_tokenizer(tokenizer, workdir / "tokenizer")
-        _atomic_write_json(workdir / RUN_CONFIG, {"config": config.to_dict(), "original_vocab": original_vocab})
     ckpt = run.checkpointer(workdir)
     data_fp = storage.fingerprint(data_path)["sha256"]
 
-    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        frozen, state, start = _initial_state(run, ckpt, data_fp)
-        history, state = _loop(config, workdir, batches, run.jit_train_step(), state, frozen, start, num_steps, run.mesh, ckpt,
-                               data_fp, is_main, run.num_trainable, run.cfg)
-    ckpt.wait()
+    try:
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+            frozen, state, start = _initial_state(run, ckpt, data_fp)
+            # Only after _initial_state accepted the workdir's checkpoints (config, shapes, data):
+            # a refused resume leaves run_config.json and tokenizer/ describing those checkpoints.
+            if is_main:
+                _save_tokenizer(tokenizer, workdir / "tokenizer")
+                atomic_write_json(workdir / RUN_CONFIG, {"config": config.to_dict(), "original_vocab": original_vocab})
+            history, state = _loop(config, workdir, batches, run.jit_train_step(), state, frozen, start, num_steps,
+                                   run.mesh, ckpt, data_fp, is_main, run.num_trainable, run.cfg)
+    except BaseException:
+        try:  # end orbax's threads; the error that stopped training is the one to report
+            ckpt.close()
+        except Exception:
+            pass
+        raise
     ckpt.close()
     if config.eval.at_end and history:
         evaluate_at_end(run, state, frozen, workdir, source_folder=data_path.parent)
@@ -449,7 +465,7 @@ def evaluate_at_end(run: Run, state, frozen, workdir: epath.Path, source_folder:
                           max_thought_tokens=d.max_thought_tokens, max_doc_tokens=d.max_doc_tokens)
     results = evaluate_beir(embedder, folder, e.split, num_thoughts=e.num_thoughts, max_queries=e.max_queries,
                             seed=run.config.seed)
-    _atomic_write_json(workdir / "eval" / f"{folder.name}-{e.split}.json", results)
+    atomic_write_json(workdir / "eval" / f"{folder.name}-{e.split}.json", results)
     print(f"evaluation on {folder} ({e.split}, {results['num_queries']} queries):")
     print(format_table(results), flush=True)
     return results
@@ -479,25 +495,16 @@ def restore_trained(workdir: str | os.PathLike, step: int | None = None, devices
     tokenizer = _load_tokenizer(workdir / "tokenizer")
     run = build_run(config, tokenizer, saved["original_vocab"], num_steps=1, devices=devices)
     ckpt = run.checkpointer(workdir)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
+    if not ckpt.all_steps():
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no finished checkpoint to restore")
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        state, _ = ckpt.restore(step, run.abstract_state())
+        state, _ = ckpt.restore(step, run.abstract_state())  # step None: the latest intact one
         frozen = {}
         if run.cfg.lora_rank:
             _, frozen = trainable.split(_initial_params(run), run.cfg, run.special_ids)
         params = trainable.combine(state["params"], frozen, run.special_ids)
     ckpt.close()
     return run.model, params, tokenizer, config
-
-
-def _atomic_write_json(path: str | os.PathLike, obj) -> None:
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # os.replace locally; on GCS a copy of one object, which appears whole or not at all
 
 
 def _check_batch(config, mesh) -> None:
@@ -569,12 +576,18 @@ def _initial_state(run: Run, ckpt: Checkpointer, data_fp: str):
                         out_shardings=(run.state_shardings["params"], run.frozen_shardings))
         params, frozen = split(_initial_params(run))
     if latest is not None:
-        state, meta = ckpt.restore(latest, run.abstract_state())
+        newest = latest
+        latest, state, meta = ckpt.restore_step(None, run.abstract_state())  # the newest intact step
         if meta.get("data_sha256") != data_fp:
             raise ValueError(
                 f"{ckpt.directory}: checkpoint {latest} was trained on data with sha256 {meta.get('data_sha256')}, "
                 f"but {run.config.data.train or 'the synthetic data'} now has {data_fp}; resuming would not see "
                 "the same batches (use a new workdir)")
+        for step in ckpt.all_steps():
+            if latest < step <= newest:  # corrupted: out of the way, so training saves the step afresh
+                aside = ckpt.set_aside(step)
+                if jax.process_index() == 0:
+                    print(f"{ckpt.directory}: moved the corrupted step {step} to {aside.name}", flush=True)
         if jax.process_index() == 0:
             print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
         return frozen, state, latest
@@ -612,12 +625,15 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
         print(f"training steps {start}..{num_steps} on {mesh.devices.size} device(s), mesh "
               f"{dict(mesh.shape)}, {num_trainable:,} trainable parameters", flush=True)
     bar = ProgressBar(num_steps, initial=start, enabled=is_main)
+    guard = _FiniteGuard(config.train.max_nonfinite_steps)
 
     def meta(step):
         return {"step": step, "seed": config.seed, "data_sha256": data_fp,
                 "epoch": step // batches.order.steps_per_epoch}
 
-    with _Stop() as stop:
+    with _Stop() as stop, contextlib.ExitStack() as cleanup:
+        cleanup.callback(writer.close)  # the metrics up to an error are kept too
+        cleanup.callback(bar.close)
         for step, local in batches.iterate(start, num_steps):
             batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
             if compiled is None:  # compiled once
@@ -628,8 +644,10 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
             state, metrics = compiled(state, frozen, batch)
             window_steps += 1
             done = step + 1
+            guard.push(done, metrics)  # checks the step before, which the device has (nearly) finished
             if done % config.train.log_every == 0 or done == num_steps or done == start + 1:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                guard.check()  # the values are on the host now anyway
                 elapsed = time.perf_counter() - window_start
                 metrics["tokens_per_sec"] = window_tokens / elapsed
                 metrics["seconds_per_step"] = elapsed / window_steps
@@ -641,17 +659,55 @@ def _loop(config, workdir, batches, step_fn, state, frozen, start, num_steps, me
                 bar.update(done, {"loss": metrics["loss"]})
                 window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
             if _agree(stop.requested):
+                guard.check()
                 print(f"SIGTERM: saving a checkpoint at step {done} and stopping", flush=True)
                 ckpt.save(done, state, meta(done))
                 break
+            if done % ckpt.save_every == 0 or done == num_steps:
+                guard.check()  # never save (nor let keep-N drop a good step for) a state that went bad
             if ckpt.maybe_save(done, state, meta(done)):
                 writer.flush()  # a remote workdir's metrics are copied there with each checkpoint
         else:
             if num_steps > start:
                 ckpt.save(num_steps, state, meta(num_steps))
-    bar.close()
-    writer.close()
     return history, state
+
+
+class _FiniteGuard:
+    """Stops training at a non-finite loss or gradient norm, after `tolerated` such steps in a row.
+
+    The jitted step already skips the update of a non-finite step, so tolerated steps leave the
+    state as it was. The host reads the two scalars of step s only after step s+1 is dispatched
+    (`push`), which keeps one step queued on the device instead of waiting for each to finish;
+    `check` reads the newest step at once, before every save, so a bad state is never saved.
+    """
+
+    def __init__(self, tolerated: int):
+        self.tolerated, self.in_a_row, self.pending = tolerated, 0, None
+
+    def push(self, step: int, metrics: dict) -> None:
+        self.check()
+        self.pending = (step, metrics["loss"], metrics["grad_norm"])
+
+    def check(self) -> None:
+        if self.pending is None:
+            return
+        step, *values = self.pending
+        self.pending = None
+        values = dict(zip(("loss", "grad_norm"), (float(v) for v in jax.device_get(values))))
+        bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+        if not bad:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        what = " and ".join(f"{k} is {v}" for k, v in bad.items())
+        if self.in_a_row > self.tolerated:
+            raise FloatingPointError(
+                f"step {step}: the {what}, so training stopped without saving this state "
+                f"({self.in_a_row} in a row, more than train.max_nonfinite_steps={self.tolerated})")
+        if jax.process_index() == 0:
+            print(f"step {step}: the {what}; its update was skipped ({self.in_a_row} of "
+                  f"train.max_nonfinite_steps={self.tolerated} in a row)", flush=True)
 
 
 def _agree(flag: bool) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from o1_jax.hf.safetensors_io import CheckpointReader, TensorSpec, write_checkpoint
@@ -171,6 +172,20 @@ def check_params_match(cfg: LlamaConfig, params: dict) -> None:
             raise ValueError(f"params: parameter {name} has shape {tuple(got[path])}, expected {expected[path]} from the model config")
 
 
+def check_finite(cfg: LlamaConfig, params: dict) -> None:
+    """Raises naming the first HF tensor that holds a NaN or inf: such a model would only ever output garbage."""
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        path = _path_names(key_path)
+        per_layer = _is_stacked(path)
+        ok = np.asarray(jax.device_get(jnp.isfinite(leaf).all(axis=tuple(range(1, leaf.ndim)) if per_layer else None)))
+        if not ok.all():
+            name = hf_tensor_names(path, cfg.num_hidden_layers)[int(np.argmin(ok.reshape(-1)))]
+            raise ValueError(f"params: tensor {name} ({'/'.join(path)}) has non-finite values (NaN or inf), "
+                             "so the model is not written")
+
+
 def hf_tensor_specs(cfg: LlamaConfig, params: dict) -> list[TensorSpec]:
     """What `save_pretrained` writes: HF name, shape, dtype and a producer per tensor."""
     specs: list[TensorSpec] = []
@@ -221,6 +236,7 @@ def save_pretrained(
         raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
     check_params_match(model.cfg, params)
     cfg, params = merge_lora(model.cfg, params)  # HF has no adapters: write merged kernels
+    check_finite(cfg, params)  # after the merge, which could overflow
     if tokenizer is not None:
         cfg = cfg.replace(
             eos_token_id=cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id,
