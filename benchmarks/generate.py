@@ -1,7 +1,7 @@
 """Greedy batched generation, SmolLM2-135M float32: o1_jax `generate` vs transformers `model.generate`.
 
 Both sides get the same left-padded prompt ids (16 SciFact queries of different lengths, or
-built-in sentences when the SciFact data is absent) and must produce exactly `--new-tokens`
+built-in sentences when the SciFact data is absent) and must produce exactly `--new_tokens`
 tokens per row: o1_jax is given an `<eos>` id that cannot occur (-1) and transformers
 `eos_token_id=None`, so neither stops early and neither suppresses the real `<eos>` (which
 `min_new_tokens` would do, changing the greedy path). Generated tokens = rows x new tokens.
@@ -12,7 +12,7 @@ excluded and background load hits both alike. The greedy tokens are compared row
 differences may flip a late token, after which a row diverges). A second measurement with one new
 token splits the time into prefill and per-step decode: step = (t[N] - t[1]) / (N - 1).
 
-    python benchmarks/generate.py [--rows 16 --new-tokens 64 --repeats 5 --json out.json]
+    python benchmarks/generate.py [--rows 16 --new_tokens 64 --repeats 5 --json out.json]
 """
 
 from __future__ import annotations
@@ -102,20 +102,20 @@ def interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--torch-threads", default="1,2",
+    parser.add_argument("--torch_threads", default="1,2",
                         help="torch thread counts to try; the fastest on a prefill is used (on a loaded machine "
                              "torch's default of one thread per core can be several times slower than one)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 1 or args.new_tokens < 2:
-        parser.error("--repeats and --warmup must be at least 1, --new-tokens at least 2")
+        parser.error("--repeats and --warmup must be at least 1, --new_tokens at least 2")
     try:
         thread_counts = [int(x) for x in args.torch_threads.split(",")]
     except ValueError:
-        parser.error(f"--torch-threads={args.torch_threads!r}: expected comma-separated integers, e.g. 1,2")
+        parser.error(f"--torch_threads={args.torch_threads!r}: expected comma-separated integers, e.g. 1,2")
 
     load_before = os.getloadavg()[0]
     path = fetch.fetch(MODEL)

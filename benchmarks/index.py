@@ -3,8 +3,8 @@
 Part 1, synthetic: `--n` (1M) x `--dim` (256) unit vectors in `--clusters` (1000)
 Gaussian clusters (random unit centre + isotropic noise of norm ~`--sigma`,
 renormalised), and `--queries` (1000) queries drawn near the data (a random
-document plus noise of norm ~`--query-sigma`, renormalised). Part 2, only with
-`--embeddings docs.npy`: real embeddings [N, D]; queries from `--real-queries q.npy`,
+document plus noise of norm ~`--query_sigma`, renormalised). Part 2, only with
+`--embeddings docs.npy`: real embeddings [N, D]; queries from `--real_queries q.npy`,
 else `--queries` documents held out of the corpus.
 
 For every method: build seconds, queries/s over the whole query batch (the median
@@ -22,10 +22,10 @@ All methods use every core (ScaNN's thread pool, faiss's OpenMP, numpy's BLAS).
 
 faiss-cpu is optional (`pip install faiss-cpu`; not a project requirement): without
 it the faiss rows are skipped with a message. The HNSW build of 1M vectors takes
-several minutes on 2 cores; `--n` shrinks the corpus, `--no-hnsw` skips it.
+several minutes on 2 cores; `--n` shrinks the corpus, `--no_hnsw` skips it.
 
     python benchmarks/index.py [--n 1000000 --dim 256 --queries 1000 --repeats 3 --json out.json]
-    python benchmarks/index.py --skip-synthetic --embeddings docs.npy [--real-queries q.npy]
+    python benchmarks/index.py --skip_synthetic --embeddings docs.npy [--real_queries q.npy]
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def run_suite(docs: np.ndarray, queries: np.ndarray, args, title: str) -> dict:
     gc.collect()
 
     if args.no_hnsw:
-        print("  --no-hnsw: skipping faiss HNSW")
+        print("  --no_hnsw: skipping faiss HNSW")
     else:
         start = time.perf_counter()
         hnsw = faiss.IndexHNSWFlat(dim, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -232,21 +232,21 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--sigma", type=float, default=1.0, help="cluster noise norm (centres have norm 1)")
-    parser.add_argument("--query-sigma", type=float, default=0.5, help="query noise norm around a random document")
+    parser.add_argument("--query_sigma", type=float, default=0.5, help="query noise norm around a random document")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.95, 0.99],
                         help="recall@k levels at which the tuned ScaNN and HNSW settings are compared")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=128,
+    parser.add_argument("--hnsw_m", type=int, default=32)
+    parser.add_argument("--ef_construction", type=int, default=128,
                         help="faiss's default 40 leaves clustered data poorly connected (recall@10 stalls near 0.92 at 1M)")
-    parser.add_argument("--no-hnsw", action="store_true")
+    parser.add_argument("--no_hnsw", action="store_true")
     parser.add_argument("--soar", type=float, metavar="LAMBDA",
                         help="also build the ScaNN index with SOAR spilling (ScaNN suggests 1.5)")
-    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--skip_synthetic", action="store_true")
     parser.add_argument("--embeddings", metavar="DOCS.npy", help="real document embeddings [N, D] for part 2")
-    parser.add_argument("--real-queries", metavar="QUERIES.npy", help="real query embeddings for part 2")
+    parser.add_argument("--real_queries", metavar="QUERIES.npy", help="real query embeddings for part 2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()

@@ -4,8 +4,8 @@ generation vs transformers `model.generate`, on the same prompts, batches and sa
 Prompts are the pipeline's own: `--queries` SciFact train queries (evenly spaced over the train
 records built by o1_jax.data.prepare, no negatives needed), `--candidates` thoughts per query, from
 the chat template around the few-shot prompt (`--examples` examples from other records, passages
-cut to `--example-words` words): one prompt per query sampled n times (the pipeline's default), or
-with `--fresh-examples` one prompt per candidate. `LlamaExpert.plan` sorts the prompts by length
+cut to `--example_words` words): one prompt per query sampled n times (the pipeline's default), or
+with `--fresh_examples` one prompt per candidate. `LlamaExpert.plan` sorts the prompts by length
 and cuts the batches; o1_jax runs `LlamaExpert.propose` end to end (tokenised prompts in, decoded
 texts out; a shared prompt is prefilled once and sampled n times from its KV cache), transformers
 gets each batch as the same left-padded tensors (same width, without o1_jax's empty padding rows)
@@ -18,10 +18,10 @@ timed), batch by batch in turn.
 
 o1_jax compiles once per prompt width: every width in the plan is compiled (one batch each) before
 timing, and that time is reported as "compile warm-up". The two sides then run batch by batch in
-turn, `--repeats` rounds, and the medians of the totals are compared. torch uses the fastest of `--torch-threads`
+turn, `--repeats` rounds, and the medians of the totals are compared. torch uses the fastest of `--torch_threads`
 on one batch's prefill.
 
-    python benchmarks/synthesize.py [--queries 64 --candidates 3 --batch-size 48 --new-tokens 64 --fresh-examples]
+    python benchmarks/synthesize.py [--queries 64 --candidates 3 --batch_size 48 --new_tokens 64 --fresh_examples]
 """
 
 from __future__ import annotations
@@ -55,17 +55,17 @@ def main() -> None:
     parser.add_argument("--beir", default=str(SCIFACT))
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=48, help="generated rows per batch")
-    parser.add_argument("--fresh-examples", action="store_true", help="one prompt per candidate")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=48, help="generated rows per batch")
+    parser.add_argument("--fresh_examples", action="store_true", help="one prompt per candidate")
+    parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top_p", type=float, default=0.9)
     parser.add_argument("--examples", type=int, default=3)
-    parser.add_argument("--example-words", type=int, default=32)
+    parser.add_argument("--example_words", type=int, default=32)
     parser.add_argument("--bucket", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--torch-threads", default="1,2")
+    parser.add_argument("--torch_threads", default="1,2")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
     thread_counts = [int(x) for x in args.torch_threads.split(",")]

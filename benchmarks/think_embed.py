@@ -14,7 +14,7 @@ and warmed up first (compile timed apart and excluded), then timed alternately, 
 embeddings must agree (cosine > 0.999) on every row whose re-tokenised thought equals the
 generated tokens; rows that do not round-trip embed a different token sequence in (b).
 
-    python benchmarks/think_embed.py [--rows 16 --thought-tokens 64 --repeats 5 --json out.json]
+    python benchmarks/think_embed.py [--rows 16 --thought_tokens 64 --repeats 5 --json out.json]
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ MAX_QUERY_TOKENS = 128  # no SciFact query is longer: nothing is truncated
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--thought-tokens", type=int, default=64)
+    parser.add_argument("--thought_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 1 or args.thought_tokens < 1:
-        parser.error("--repeats, --warmup and --thought-tokens must be at least 1")
+        parser.error("--repeats, --warmup and --thought_tokens must be at least 1")
 
     load_before = os.getloadavg()[0]
     path = fetch.fetch(MODEL)

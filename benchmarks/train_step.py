@@ -26,8 +26,8 @@ Only one side computes at any moment. Times are the median (and minimum) over `-
 timed steps after `--warmup` untimed ones (o1_jax compiles in the first); tokens/s counts
 real tokens (the sum of the query and document masks).
 
-    python benchmarks/train_step.py [--batch 4 --group 4 --max-query 32 --max-thought 64 \
-        --max-doc 128 --steps 6 --warmup 2 --schedule auto --json out.json]
+    python benchmarks/train_step.py [--batch 4 --group 4 --max_query 32 --max_thought 64 \
+        --max_doc 128 --steps 6 --warmup 2 --schedule auto --json out.json]
 """
 
 from __future__ import annotations
@@ -279,9 +279,9 @@ class Side:
 
     def __init__(self, side: str, args, batch_file: str, meta_file: str):
         self.side = side
-        cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--batch-file", batch_file,
-               "--meta-file", meta_file, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--torch-threads", str(args.torch_threads)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--batch_file", batch_file,
+               "--meta_file", meta_file, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--torch_threads", str(args.torch_threads)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.steps: list[dict] = []
         self.info: dict = {}
@@ -311,22 +311,22 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4, help="queries per step")
     parser.add_argument("--group", type=int, default=4, help="documents per query (1 positive + negatives)")
-    parser.add_argument("--max-query", type=int, default=32, help="query token budget")
-    parser.add_argument("--max-thought", type=int, default=64, help="thought token budget")
-    parser.add_argument("--max-doc", type=int, default=128, help="document token budget")
+    parser.add_argument("--max_query", type=int, default=32, help="query token budget")
+    parser.add_argument("--max_thought", type=int, default=64, help="thought token budget")
+    parser.add_argument("--max_doc", type=int, default=128, help="document token budget")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (o1_jax compiles in the first)")
     parser.add_argument("--schedule", choices=["auto", "interleaved", "sequential"], default="auto",
                         help="alternate the sides step by step (ABBA; both processes stay resident), run one "
                              f"side after the other, or auto: interleaved when {INTERLEAVE_GIB} GiB are available")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
+    parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR SciFact folder; synthetic text if absent")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     # Internal: this process is one side, driven by the parent.
     parser.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
-    parser.add_argument("--batch-file", help=argparse.SUPPRESS)
-    parser.add_argument("--meta-file", help=argparse.SUPPRESS)
+    parser.add_argument("--batch_file", help=argparse.SUPPRESS)
+    parser.add_argument("--meta_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1 (o1_jax compiles during warm-up)")

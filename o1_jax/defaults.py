@@ -2,13 +2,21 @@
 
 Keeping the defaults in the package (not in configs/) lets a config file live anywhere
 and still be complete; the config is locked, so a misspelt override is an error.
+`MEANINGS` says what each key means (a test keeps it complete), `check_config` stops a value
+that cannot work before any work, and `python -m o1_jax.defaults` lists every key, its default
+and its meaning.
 """
 
 from __future__ import annotations
 
+import sys
+
 import ml_collections
 
+from o1_jax.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES
 from o1_jax.sharding import DEFAULT_RULES
+
+DECAYS = ("cosine", "linear", "constant")  # optimizer.decay (o1_jax.trainer.make_schedule)
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -53,7 +61,10 @@ def train_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         global_batch_size=64, microbatches=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
-        log_every=10, checkpoint_every=500, keep_checkpoints=3))
+        log_every=10, checkpoint_every=500, keep_checkpoints=3,
+        # Consecutive steps with a non-finite loss or gradient norm that are skipped (no update)
+        # before training stops; 0 stops at the first. See trainer._check_finite.
+        max_nonfinite_steps=0))
 
     # Evaluation after the last step, on a BEIR folder ("" = the synthetic task's held-out split).
     c.eval = ml_collections.ConfigDict(dict(at_end=False, beir="", split="test", num_thoughts=1, max_queries=0))
@@ -65,3 +76,166 @@ def train_config() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False, coordinator_address="", num_processes=1, process_id=0, local_device_count=0))
     return c
+
+
+# What each key of `train_config()` means; tests/test_cli.py checks that every key has one.
+MEANINGS = {
+    "seed": "seed of the initialisation, the batch order and thought dropout",
+    "model.init_from": "HF folder or shipped:NAME to start from; '' = a fresh model (model.fresh)",
+    "model.tokenizer": "tokenizer folder or 'synthetic'; '' = the init_from folder's",
+    "model.architecture": "named architecture (o1_jax.models.presets) for a fresh model or a plan without weights",
+    "model.dtype": f"compute dtype: one of {tuple(DTYPES)}",
+    "model.param_dtype": f"parameter dtype: one of {tuple(DTYPES)}",
+    "model.remat_policy": f"activation rematerialisation of each layer: one of {REMAT_POLICIES}",
+    "model.lora.rank": "LoRA rank; 0 = full fine-tuning",
+    "model.lora.alpha": "LoRA scale numerator (the update is scaled by alpha / rank)",
+    "model.lora.targets": f"modules LoRA adapts, from {LORA_TARGETS} (needed when lora.rank > 0)",
+    "model.fresh.hidden_size": "fresh model: hidden size",
+    "model.fresh.intermediate_size": "fresh model: MLP width",
+    "model.fresh.num_hidden_layers": "fresh model: decoder layers",
+    "model.fresh.num_attention_heads": "fresh model: query heads",
+    "model.fresh.num_key_value_heads": "fresh model: key/value heads (grouped-query attention)",
+    "model.fresh.max_position_embeddings": "fresh model: longest sequence",
+    "model.fresh.tie_word_embeddings": "fresh model: lm_head shares the embedding matrix",
+    "model.fresh.rope_theta": "fresh model: RoPE base",
+    "data.train": "O1 JSONL records to train on (python -m o1_jax.data.prepare / o1_jax.synthesize)",
+    "data.synthetic": "train on the embedded synthetic demo task instead of data.train",
+    "data.synthetic_train": "synthetic task: training records",
+    "data.synthetic_test": "synthetic task: held-out queries",
+    "data.cache_dir": "local array_record cache; '' = <workdir>/data_cache (a gs:// workdir: ~/.cache/o1_jax/data)",
+    "data.num_shards": "array_record shards of the cache",
+    "data.max_query_tokens": "longest query in tokens (longer ones are cut)",
+    "data.max_thought_tokens": "longest thought in tokens",
+    "data.max_doc_tokens": "longest document in tokens",
+    "data.group_size": "documents per query in a batch: 1 positive + group_size - 1 hard negatives (>= 2)",
+    "data.thought_dropout": "probability a query is trained without its thought, in [0, 1]",
+    "loss.temperature": "contrastive (InfoNCE) temperature, > 0",
+    "loss.w_ctr": "weight of the contrastive loss, >= 0",
+    "loss.w_gen": "weight of the thought generation loss, >= 0",
+    "loss.w_distill": "weight of the distillation loss from pos_scores / neg_scores, >= 0",
+    "loss.teacher_temperature": "temperature of the teacher scores in distillation, > 0",
+    "optimizer.lr": "peak learning rate, > 0",
+    "optimizer.warmup_steps": "linear warmup steps; -1 = warmup_fraction of the run",
+    "optimizer.warmup_fraction": "warmup as a fraction of the run, in [0, 1] (when warmup_steps is -1)",
+    "optimizer.decay": f"learning-rate decay after warmup: one of {DECAYS}",
+    "optimizer.end_lr_factor": "final learning rate as a fraction of lr, >= 0",
+    "optimizer.b1": "AdamW beta1, in [0, 1)",
+    "optimizer.b2": "AdamW beta2, in [0, 1)",
+    "optimizer.eps": "AdamW epsilon, > 0",
+    "optimizer.weight_decay": "AdamW decoupled weight decay, >= 0",
+    "optimizer.clip_norm": "global gradient-norm clip; 0 = no clipping",
+    "train.global_batch_size": "queries per step over all devices, >= 1",
+    "train.microbatches": "gradient-accumulation micro-batches per step (divides global_batch_size)",
+    "train.num_steps": "steps to run; 0 = num_epochs over the data",
+    "train.num_epochs": "epochs to run when num_steps is 0",
+    "train.log_every": "steps between metric logs",
+    "train.checkpoint_every": "steps between checkpoints",
+    "train.keep_checkpoints": "checkpoints kept",
+    "train.max_nonfinite_steps": "consecutive non-finite steps skipped before stopping; 0 = stop at the first",
+    "eval.at_end": "evaluate retrieval after the last step",
+    "eval.beir": "BEIR folder to evaluate on; '' = the synthetic task's held-out split",
+    "eval.split": "qrels split of eval.beir",
+    "eval.num_thoughts": "thoughts per query in think mode",
+    "eval.max_queries": "evaluate on at most this many queries; 0 = all",
+    "mesh.shape": "(data, fsdp, tensor) mesh sizes; -1 takes the remaining devices",
+    "mesh.rules": "logical axis -> mesh axis table (o1_jax.sharding.DEFAULT_RULES)",
+    "distributed.initialize": "call jax.distributed.initialize (multi-process runs)",
+    "distributed.coordinator_address": "host:port of process 0; '' = from the environment",
+    "distributed.num_processes": "processes in the run",
+    "distributed.process_id": "this process's index",
+    "distributed.local_device_count": "devices of this process (local_device_ids 0..N-1); 0 = all it sees",
+}
+
+
+def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted key, value) of every leaf of `config`, in definition order."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first key whose value cannot work (before any work is done)."""
+    def bad(key, expected):
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        raise ValueError(f"config.{key}={node!r}: expected {expected}")
+
+    m, d, loss, opt, t, e = config.model, config.data, config.loss, config.optimizer, config.train, config.eval
+    for key, value in (("model.dtype", m.dtype), ("model.param_dtype", m.param_dtype)):
+        if value not in DTYPES:
+            bad(key, f"one of {tuple(DTYPES)}")
+    if m.remat_policy not in REMAT_POLICIES:
+        bad("model.remat_policy", f"one of {REMAT_POLICIES}")
+    if m.lora.rank < 0:
+        bad("model.lora.rank", "0 (full fine-tuning) or a positive rank")
+    if m.lora.rank and m.lora.alpha <= 0:
+        bad("model.lora.alpha", "a positive number")
+    for key in ("max_query_tokens", "max_thought_tokens", "max_doc_tokens", "num_shards"):
+        if d[key] < 1:
+            bad(f"data.{key}", "a positive count (>= 1)")
+    if d.group_size < 2:
+        bad("data.group_size", "at least 2 (1 positive + at least 1 negative)")
+    if not 0.0 <= d.thought_dropout <= 1.0:
+        bad("data.thought_dropout", "a probability in [0, 1]")
+    if d.synthetic and (d.synthetic_train < 1 or d.synthetic_test < 0):
+        bad("data.synthetic_train" if d.synthetic_train < 1 else "data.synthetic_test", "a positive count")
+    for key in ("temperature", "teacher_temperature"):
+        if not loss[key] > 0:
+            bad(f"loss.{key}", "a positive number (> 0)")
+    for key in ("w_ctr", "w_gen", "w_distill"):
+        if loss[key] < 0:
+            bad(f"loss.{key}", "a weight >= 0")
+    if loss.w_ctr + loss.w_gen + loss.w_distill <= 0:
+        bad("loss.w_ctr", "at least one of loss.w_ctr, w_gen, w_distill above 0 (else nothing is trained)")
+    if not opt.lr > 0:
+        bad("optimizer.lr", "a positive learning rate (> 0)")
+    if opt.decay not in DECAYS:
+        bad("optimizer.decay", f"one of {DECAYS}")
+    if opt.warmup_steps < -1:
+        bad("optimizer.warmup_steps", "-1 (use warmup_fraction) or a count >= 0")
+    if not 0.0 <= opt.warmup_fraction <= 1.0:
+        bad("optimizer.warmup_fraction", "a fraction in [0, 1]")
+    for key in ("b1", "b2"):
+        if not 0.0 <= opt[key] < 1.0:
+            bad(f"optimizer.{key}", "a number in [0, 1)")
+    if not opt.eps > 0:
+        bad("optimizer.eps", "a positive number (> 0)")
+    for key in ("end_lr_factor", "weight_decay", "clip_norm"):
+        if opt[key] < 0:
+            bad(f"optimizer.{key}", "a number >= 0")
+    for key in ("global_batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[key] < 1:
+            bad(f"train.{key}", "a positive count (>= 1)")
+    if t.max_nonfinite_steps < 0:
+        bad("train.max_nonfinite_steps", "a count >= 0 (0 = stop at the first non-finite step)")
+    if t.num_steps < 0:
+        bad("train.num_steps", "0 (run train.num_epochs) or a positive count")
+    if t.num_steps == 0 and t.num_epochs < 1:
+        bad("train.num_epochs", "a positive count when train.num_steps is 0")
+    for key in ("num_thoughts", "max_queries"):
+        if e[key] < 0:
+            bad(f"eval.{key}", "a count >= 0")
+    shape = tuple(config.mesh.shape)
+    if len(shape) != 3 or any(n == 0 or n < -1 for n in shape) or shape.count(-1) > 1:
+        bad("mesh.shape", "three sizes (data, fsdp, tensor), each positive or one of them -1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints every training config key with its default and meaning."""
+    del argv
+    rows = [(key, repr(value), MEANINGS.get(key, "")) for key, value in leaves(train_config())]
+    width = max(len(k) for k, _, _ in rows)
+    print("Training config keys (python -m o1_jax.train / o1_jax.plan; override with --config.KEY=VALUE):")
+    for key, value, meaning in rows:
+        if len(value) > 40:
+            value = value[:37] + "..."
+        print(f"  {key:<{width}}  {value:<20}  {meaning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

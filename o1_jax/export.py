@@ -1,4 +1,4 @@
-"""`python -m o1_jax.export --workdir DIR --out OUT [--step N] [--overwrite] [--max-shard-size 5GB]`
+"""`python -m o1_jax.export --workdir DIR --out OUT [--step N] [--overwrite] [--max_shard_size 5GB]`
 
 Turns a training workdir's checkpoint (the latest, or `--step`) into one self-contained folder
 (DIR may be a URL such as gs://bucket/run; OUT is a local folder):
@@ -45,7 +45,6 @@ replaced only with --overwrite; otherwise the command stops with exit code 2 and
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import math
@@ -58,6 +57,8 @@ import uuid
 from typing import Any
 
 from etils import epath
+
+from o1_jax import cli
 
 # The document suffix and the kwargs that make sentence-transformers' tokenizer append it.
 EMB = "<emb>"
@@ -483,12 +484,12 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m o1_jax.export", description=__doc__.split("\n\n")[1])
+    p = cli.ArgumentParser(prog="python -m o1_jax.export", description=__doc__.split("\n\n")[1])
     p.add_argument("--workdir", required=True, help="the training workdir (python -m o1_jax.train --workdir)")
     p.add_argument("--out", required=True, help="the folder to write (a new or empty folder, or --overwrite)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
+    p.add_argument("--max_shard_size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
     return p.parse_args(argv)
 
 
@@ -499,14 +500,13 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        out = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite,
-                     max_shard_size=args.max_shard_size)
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_export, args)
+
+
+def _export(args) -> None:
+    cli.check_output(args.out, args.overwrite, folder=True)  # before the checkpoint is read
+    out = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     print(f"exported {args.workdir} to {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ but the CPU compiler's fusion and buffer reuse, so its temporary memory is an es
 Nothing is allocated and no weights are read: shapes come from the model folder's
 config.json when it exists here, else from `config.model.architecture` (o1_jax.models.presets).
 
+Every config key, its default and its meaning: `python -m o1_jax.defaults`. `--json FILE` is refused
+if FILE exists, unless `--overwrite`; bad input stops with one `error:` line and exit code 2.
+
 Reported per device: arguments (train state, frozen weights, batch), outputs, the part of the
 outputs that reuses donated arguments, temporaries, and their sum as the step's peak; FLOPs
 per step from the compiler's cost analysis; the device's HBM and whether the step fits.
@@ -78,14 +81,14 @@ def topology_devices(topology: str) -> list:
     try:
         import libtpu  # noqa: F401  (only to give a clear error)
     except ImportError:
-        raise SystemExit(f"--topology {topology}: libtpu is not installed; "
+        raise ValueError(f"--topology {topology}: libtpu is not installed; "
                          "pip install -r requirements-plan.txt (or use --cpu_devices N)") from None
     from jax.experimental import topologies
 
     try:
         return list(topologies.get_topology_desc(topology, "tpu").devices)
     except Exception as e:  # noqa: BLE001  (libtpu raises several types; its message's first line names the problem)
-        raise SystemExit(f"--topology {topology}: not a TPU topology libtpu knows "
+        raise ValueError(f"--topology {topology}: not a TPU topology libtpu knows "
                          f"(expected e.g. v5p:2x2x1, v5e:4x4, v4:2x2x2): {str(e).splitlines()[0]}") from None
 
 
@@ -106,12 +109,12 @@ def planned_model(config):
     elif m.architecture:
         size, source = presets.preset(m.architecture)[1], f"architecture {m.architecture!r}"
     elif m.init_from:
-        raise SystemExit(f"config.model.init_from={m.init_from!r} is not a folder here; set "
+        raise ValueError(f"config.model.init_from={m.init_from!r} is not a folder here; set "
                          "config.model.architecture to plan without the weights")
     elif m.tokenizer == "synthetic":
         size, source = len(make_tokenizer()), "fresh model"
     else:
-        raise SystemExit("config.model: a fresh model needs model.tokenizer='synthetic' or model.architecture "
+        raise ValueError("config.model: a fresh model needs model.tokenizer='synthetic' or model.architecture "
                          "to plan")
     return trainer.model_config(config, folder, size), size, source
 
@@ -160,12 +163,12 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
 
 
 def _cpu_devices_from_argv(argv: list[str]) -> int:
-    """--cpu_devices must be known before JAX starts: it becomes XLA_FLAGS."""
+    """--cpu_devices must be known before JAX starts: it becomes XLA_FLAGS (absl checks the value later)."""
     for i, a in enumerate(argv):
-        if a.startswith("--cpu_devices="):
-            return int(a.split("=", 1)[1])
-        if a == "--cpu_devices" and i + 1 < len(argv):
-            return int(argv[i + 1])
+        value = a.split("=", 1)[1] if a.startswith("--cpu_devices=") else (
+            argv[i + 1] if a == "--cpu_devices" and i + 1 < len(argv) else None)
+        if value is not None:
+            return int(value) if value.isdigit() else 0
     return 0
 
 
@@ -174,27 +177,37 @@ def main() -> None:
     if n:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
-    config = config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py[:variant])",
-                                             lock_config=True)
+    from o1_jax import cli, defaults
+
+    config = config_flags.DEFINE_config_file("config", None, f"experiment config (configs/*.py[:variant]); "
+                                             f"{cli.CONFIG_KEYS_HINT}", lock_config=True)
     topology = flags.DEFINE_string("topology", None, "TPU topology to compile for, e.g. v5p:4x4x4 or v5e:16x16")
     cpu_devices = flags.DEFINE_integer("cpu_devices", 0, "compile for N fake CPU devices instead of a TPU")
     hbm = flags.DEFINE_float("hbm_gib", None, "device memory to compare against (default: the TPU's HBM)")
     json_out = flags.DEFINE_string("json", None, "also write the plan to this JSON file")
+    overwrite = flags.DEFINE_bool("overwrite", False, "replace an existing --json file")
     flags.mark_flag_as_required("config")
 
     def run(argv):
-        del argv
+        del argv  # cli.run_absl refuses stray arguments
         if bool(topology.value) == bool(cpu_devices.value):
-            raise app.UsageError("give exactly one of --topology (e.g. v5p:4x4x4) or --cpu_devices N")
+            raise ValueError("give exactly one of --topology (e.g. v5p:4x4x4) or --cpu_devices N")
+        if cpu_devices.value < 0:
+            raise ValueError(f"--cpu_devices={cpu_devices.value}: expected a positive count")
+        if hbm.value is not None and not hbm.value > 0:
+            raise ValueError(f"--hbm_gib={hbm.value}: expected a positive size in GiB")
+        defaults.check_config(config.value)
+        if json_out.value:
+            cli.check_output(json_out.value, overwrite.value)  # before the compile
         import jax
 
         if cpu_devices.value:
             devices, target = jax.devices("cpu")[: cpu_devices.value], f"{cpu_devices.value} CPU devices"
             if len(devices) < cpu_devices.value:
-                raise SystemExit(f"--cpu_devices {cpu_devices.value}: only {len(devices)} CPU devices exist")
+                raise ValueError(f"--cpu_devices {cpu_devices.value}: only {len(devices)} CPU devices exist")
         else:
             devices, target = topology_devices(topology.value), topology.value
         result = plan(config.value, devices, target, hbm.value)
@@ -205,10 +218,9 @@ def main() -> None:
             tmp = out.with_name(f".{out.name}.tmp")
             tmp.write_text(json.dumps(dict(dataclasses.asdict(result), fits=result.fits), indent=2) + "\n")
             os.replace(tmp, out)
-        if result.fits is False:
-            sys.exit(2)
+        return 2 if result.fits is False else 0
 
-    app.run(run)
+    cli.run_absl(run)
 
 
 if __name__ == "__main__":

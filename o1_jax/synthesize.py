@@ -1,26 +1,34 @@
 """`python -m o1_jax.synthesize --config configs/synth_scifact.py --config.input=IN --config.output=OUT`
 
 Adds committee-chosen thoughts to O1 records (resumable: rerun the same command after a kill).
-See o1_jax/synthesis/pipeline.py for every key and the output format.
+Every key, its default and its meaning: `default_config()` in o1_jax/synthesis/pipeline.py (each
+key is commented there), which also describes the output format. Bad input stops with one
+`error:` line and exit code 2.
 """
 
-from absl import app, logging
+import pathlib
+
+from absl import logging
 from ml_collections import config_flags
 
+from o1_jax import cli
 from o1_jax.synthesis import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/synth_*.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/synth_*.py[:variant]); every key is commented in "
+    "o1_jax/synthesis/pipeline.py default_config().", lock_config=True)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/synth_scifact.py")
+    del argv  # cli.run_absl refuses stray arguments
+    config = _CONFIG.value
+    if config is None:
+        cli.fail("--config is required, e.g. --config configs/synth_scifact.py")
     logging.set_verbosity(logging.WARNING)
-    pipeline.run(_CONFIG.value)
+    pipeline.check_config(config)
+    cli.check_output(pathlib.Path(config.output).expanduser(), resumable=True)  # before the expert is loaded
+    pipeline.run(config)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main)

@@ -91,7 +91,7 @@ def test_index_build_and_search_commands(setup, tmp_path):
                            "--out", str(tmp_path / "idx")]) == 0
     assert index_cli.main(["search", "--model", str(model_dir), "--index", str(tmp_path / "idx"),
                            "--queries", str(beir / "queries.jsonl"), "--out", str(tmp_path / "run.trec"),
-                           "--top-k", "5"]) == 0
+                           "--top_k", "5"]) == 0
     lines = (tmp_path / "run.trec").read_text().splitlines()
     assert len(lines) == 12 * 5 and lines[0].split()[1:4:2] == ["Q0", "1"]
     # The same index searched with another model's weights is refused.

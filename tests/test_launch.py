@@ -90,7 +90,7 @@ GCLOUD = ("gcloud", "compute", "tpus")
 
 
 def pod(*args, **env):
-    return sh(POD, "--dry-run", *args, env={**TPU, **env})
+    return sh(POD, "--dry_run", *args, env={**TPU, **env})
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -111,7 +111,7 @@ def test_pod_create(flags, expected):
 
 def test_pod_settings_from_environment_and_flags_agree():
     by_env = commands(pod("create", O1_TPU_SPOT="1", O1_TPU_QUEUED="true"))
-    by_flag = commands(sh(POD, "--dry-run", "--project", "proj", "--zone=us-central2-b", "--type", "v4-32", "--name",
+    by_flag = commands(sh(POD, "--dry_run", "--project", "proj", "--zone=us-central2-b", "--type", "v4-32", "--name",
                           "o1-pod", "--spot", "--queued", "create"))
     assert by_env == by_flag and by_env[0].startswith("gcloud compute tpus queued-resources create o1-pod ")
     # A flag wins over its environment variable.
@@ -196,7 +196,7 @@ def test_pod_up_and_resume_after_preemption(tmp_path):
 ])
 def test_pod_missing_settings_are_clear_errors(command, missing, words):
     env = {k: v for k, v in TPU.items() if k != missing}
-    fails_clearly(sh(POD, "--dry-run", command, env=env), *words)
+    fails_clearly(sh(POD, "--dry_run", command, env=env), *words)
 
 
 def test_pod_bad_usage():
@@ -241,7 +241,7 @@ def _srun_task(out: list[str]) -> str:
 
 
 def test_sbatch_one_process_per_node(slurm, tmp_path):
-    out = commands(sh(SBATCH, "--dry-run", "--config", "configs/demo.py", "--workdir", "/shared/o1/run1", "--",
+    out = commands(sh(SBATCH, "--dry_run", "--config", "configs/demo.py", "--workdir", "/shared/o1/run1", "--",
                       "--config.optimizer.lr=1e-4", env=slurm))
     port = 61440 + 4242 % 4096
     task = ("exec python3 -m o1_jax.train --config configs/demo.py --workdir /shared/o1/run1 "
@@ -251,7 +251,7 @@ def test_sbatch_one_process_per_node(slurm, tmp_path):
     assert out == [line("srun", "--kill-on-bad-exit=1", "bash", "-c", task)]
 
     # What the second task runs: its own process id, all 8 GPUs of its node.
-    task = _srun_task(commands(sh(SBATCH, "--dry-run", "--config", "c.py", "--workdir", "w", "--port", "1234",
+    task = _srun_task(commands(sh(SBATCH, "--dry_run", "--config", "c.py", "--workdir", "w", "--port", "1234",
                                   env={**slurm, "O1_PYTHON": str(_fake_python(tmp_path))})))
     ran = subprocess.run(["bash", "-c", task], env={**os.environ, "SLURM_PROCID": "1", "SLURM_LOCALID": "0"},
                          capture_output=True, text=True, check=True)
@@ -264,7 +264,7 @@ def test_sbatch_one_process_per_node(slurm, tmp_path):
 
 def test_sbatch_one_process_per_gpu(slurm, tmp_path):
     env = {**slurm, "SLURM_NTASKS": "16", "O1_PYTHON": str(_fake_python(tmp_path))}
-    task = _srun_task(commands(sh(SBATCH, "--dry-run", "--per-gpu", "--config", "c.py", "--workdir", "w", env=env)))
+    task = _srun_task(commands(sh(SBATCH, "--dry_run", "--per_gpu", "--config", "c.py", "--workdir", "w", env=env)))
     assert task.startswith("exec env JAX_LOCAL_DEVICE_IDS=$SLURM_LOCALID ")
     ran = subprocess.run(["bash", "-c", task], env={**os.environ, "SLURM_PROCID": "11", "SLURM_LOCALID": "3"},
                          capture_output=True, text=True, check=True)
@@ -272,30 +272,30 @@ def test_sbatch_one_process_per_gpu(slurm, tmp_path):
     assert local_ids == "3"  # this task's GPU
     assert {"--config.distributed.num_processes=16", "--config.distributed.process_id=11",
             "--config.distributed.local_device_count=0"} <= set(argv)
-    by_env = commands(sh(SBATCH, "--dry-run", "--config", "c.py", "--workdir", "w", env={**env, "O1_PER_GPU": "1"}))
+    by_env = commands(sh(SBATCH, "--dry_run", "--config", "c.py", "--workdir", "w", env={**env, "O1_PER_GPU": "1"}))
     assert _srun_task(by_env) == task
 
 
 def test_sbatch_errors(slurm):
-    args = ("--dry-run", "--config", "c.py", "--workdir", "w")
+    args = ("--dry_run", "--config", "c.py", "--workdir", "w")
     outside = {k: v for k, v in slurm.items() if not k.startswith("SLURM_")}
     fails_clearly(sh(SBATCH, *args, env=outside), "$SLURM_JOB_ID is not set", "inside a SLURM job")
-    fails_clearly(sh(SBATCH, *args, env={**slurm, "SLURM_NTASKS": "16"}), "--ntasks-per-node=1", "--per-gpu")
+    fails_clearly(sh(SBATCH, *args, env={**slurm, "SLURM_NTASKS": "16"}), "--ntasks-per-node=1", "--per_gpu")
     no_gpus = {k: v for k, v in slurm.items() if k != "SLURM_GPUS_ON_NODE"}
     fails_clearly(sh(SBATCH, *args, env=no_gpus), "GPUs per node unknown", "O1_GPUS_PER_NODE")
     assert commands(sh(SBATCH, *args, env={**no_gpus, "O1_GPUS_PER_NODE": "4"}))[0].count("local_device_count=4")
-    fails_clearly(sh(SBATCH, "--dry-run", "--workdir", "w", env=slurm), "no config", "--config", "O1_CONFIG")
+    fails_clearly(sh(SBATCH, "--dry_run", "--workdir", "w", env=slurm), "no config", "--config", "O1_CONFIG")
 
 
 def test_single_node():
-    base = ("--dry-run", "--config", "configs/demo.py", "--workdir", "/tmp/o1")
+    base = ("--dry_run", "--config", "configs/demo.py", "--workdir", "/tmp/o1")
     env = {"O1_PYTHON": "python3"}
     assert commands(sh(SINGLE, *base, env=env)) == [
         line("python3", "-m", "o1_jax.train", "--config", "configs/demo.py", "--workdir", "/tmp/o1")]
     assert commands(sh(SINGLE, *base, "--gpus", "0,1", "--", "--config.train.global_batch_size=64", env=env)) == [
         line("env", "CUDA_VISIBLE_DEVICES=0,1", "python3", "-m", "o1_jax.train", "--config", "configs/demo.py",
              "--workdir", "/tmp/o1", "--config.train.global_batch_size=64")]
-    fails_clearly(sh(SINGLE, "--dry-run", "--config", "c.py", env=env), "no workdir", "--workdir", "O1_WORKDIR")
+    fails_clearly(sh(SINGLE, "--dry_run", "--config", "c.py", env=env), "no workdir", "--workdir", "O1_WORKDIR")
     fails_clearly(sh(SINGLE, *base, "--gpus", "all", env=env), "--gpus all")
 
 
@@ -312,7 +312,7 @@ TINY_ARGS = [f"--config.{k}={v}" for k, v in TINY.items()]
 
 
 def test_local_dry_run_prints_one_command_per_process():
-    out = commands(sh(LOCAL, "--dry-run", "-n", "3", "--devices-per-process", "2", "--config", "configs/demo.py:short",
+    out = commands(sh(LOCAL, "--dry_run", "-n", "3", "--devices_per_process", "2", "--config", "configs/demo.py:short",
                       "--workdir", "/tmp/w", "--port", "12345", "--", "--config.train.num_steps=2",
                       env={"O1_PYTHON": "python3",
                            "XLA_FLAGS": "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"}))
@@ -325,10 +325,10 @@ def test_local_dry_run_prints_one_command_per_process():
 
 
 def test_local_errors():
-    fails_clearly(sh(LOCAL, "--dry-run", "--workdir", "w"), "no config", "--config", "O1_CONFIG")
-    fails_clearly(sh(LOCAL, "--dry-run", "--config", "c.py"), "no workdir", "--workdir", "O1_WORKDIR")
-    fails_clearly(sh(LOCAL, "--dry-run", "--config", "c.py", "--workdir", "w", "-n", "0"), "--processes 0")
-    fails_clearly(sh(LOCAL, "--dry-run", "--config", "c.py", "--workdir", "w", "--config.x=1"), "overrides go after --")
+    fails_clearly(sh(LOCAL, "--dry_run", "--workdir", "w"), "no config", "--config", "O1_CONFIG")
+    fails_clearly(sh(LOCAL, "--dry_run", "--config", "c.py"), "no workdir", "--workdir", "O1_WORKDIR")
+    fails_clearly(sh(LOCAL, "--dry_run", "--config", "c.py", "--workdir", "w", "-n", "0"), "--processes 0")
+    fails_clearly(sh(LOCAL, "--dry_run", "--config", "c.py", "--workdir", "w", "--config.x=1"), "overrides go after --")
 
 
 def test_local_one_failure_stops_the_others_and_fails(tmp_path):
@@ -347,7 +347,7 @@ def test_local_one_failure_stops_the_others_and_fails(tmp_path):
 def test_local_two_processes_of_four_cpu_devices_train(tmp_path):
     workdir = tmp_path / "w"
     # Optimisation level 0 halves the compile time of this tiny model; the caller's XLA flags are kept.
-    result = sh(LOCAL, "-n", "2", "--devices-per-process", "4", "--config", "configs/demo.py:short",
+    result = sh(LOCAL, "-n", "2", "--devices_per_process", "4", "--config", "configs/demo.py:short",
                 "--workdir", workdir, "--", *TINY_ARGS,
                 env={"O1_PYTHON": sys.executable, "XLA_FLAGS": "--xla_backend_optimization_level=0"}, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -400,9 +400,9 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, do
 
 def test_repro_dry_run_runs_every_step_of_the_table():
     env = {"O1_PYTHON": "python3"}
-    got = commands(sh(REPRO, "--dry-run", "--out", "/r", "--data", "/d", env=env))
+    got = commands(sh(REPRO, "--dry_run", "--out", "/r", "--data", "/d", env=env))
     assert got == _repro_expected("/r", "/d", 256, "", 32, 64)
-    by_env = commands(sh(REPRO, "--dry-run", env={**env, "O1_REPRO_DIR": "/r", "O1_SHARED_DATA": "/d",
+    by_env = commands(sh(REPRO, "--dry_run", env={**env, "O1_REPRO_DIR": "/r", "O1_SHARED_DATA": "/d",
                                                    "O1_NFCORPUS_QUERIES": "64", "O1_REPRO_GPU": "1"}))
     assert by_env == _repro_expected("/r", "/d", 64, ":gpu", 64, 256)
     assert sh(REPRO, "--help").stdout.startswith("usage: ")
@@ -410,8 +410,8 @@ def test_repro_dry_run_runs_every_step_of_the_table():
 
 def test_repro_errors(tmp_path):
     env = {"O1_PYTHON": "python3"}
-    fails_clearly(sh(REPRO, "--dry-run", env=env), "no output folder", "--out", "O1_REPRO_DIR")
-    fails_clearly(sh(REPRO, "--dry-run", "--out", "/r", "--nfcorpus-queries", "0", env=env), "--nfcorpus-queries 0")
+    fails_clearly(sh(REPRO, "--dry_run", env=env), "no output folder", "--out", "O1_REPRO_DIR")
+    fails_clearly(sh(REPRO, "--dry_run", "--out", "/r", "--nfcorpus_queries", "0", env=env), "--nfcorpus_queries 0")
     fails_clearly(sh(REPRO, "--out", str(tmp_path / "r"), "--data", str(tmp_path), env=env),
                   f"--data {tmp_path} has no scifact/ folder")
     assert not (tmp_path / "r").exists()  # nothing was created before the error

@@ -91,7 +91,7 @@ def test_plan_on_cpu_devices_reports_memory_and_fit():
 def test_plan_of_an_absent_model_folder_without_architecture_is_a_clear_error():
     config = _config("qwen25_7b_o1.py")
     config.model.architecture = ""
-    with pytest.raises(SystemExit, match="is not a folder here; set config.model.architecture"):
+    with pytest.raises(ValueError, match="is not a folder here; set config.model.architecture"):
         plan.plan(config, jax.devices()[:8], "8 CPU devices")
 
 

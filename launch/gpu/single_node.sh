@@ -21,7 +21,7 @@ options (a flag wins over its environment variable):
   --workdir DIR   O1_WORKDIR     the run's workdir
   --gpus LIST     O1_GPUS        GPU indices, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES; default all)
   --python PATH   O1_PYTHON      interpreter (default: .venv/bin/python, else python3)
-  --dry-run       print the command, run nothing
+  --dry_run       print the command, run nothing
   -h, --help      this text
 EOF
 }
@@ -41,7 +41,7 @@ while (($#)); do
     --workdir) workdir=$(value_of "$@"); shift 2 ;;
     --gpus) gpus=$(value_of "$@"); shift 2 ;;
     --python) python=$(value_of "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry_run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; overrides=("$@"); break ;;
     *) die "unknown argument $1 (see --help; config overrides go after --)" ;;

@@ -28,10 +28,10 @@ Runs, in order, skipping a step whose output is already in DIR:
 options (a flag wins over its environment variable):
   --out DIR             O1_REPRO_DIR       where everything goes (data/, o1/, nothink/, cache/, results/)
   --data DIR            O1_SHARED_DATA     the shared BEIR folders (default: ../shared/data beside the project)
-  --nfcorpus-queries N  O1_NFCORPUS_QUERIES  NFCorpus train queries to use (default 256)
+  --nfcorpus_queries N  O1_NFCORPUS_QUERIES  NFCorpus train queries to use (default 256)
   --gpu                 O1_REPRO_GPU=1     the full setting: configs/repro_smollm2.py:gpu (and its twin)
   --python PATH         O1_PYTHON          interpreter (default: .venv/bin/python, else python3)
-  --dry-run             print every command, run none
+  --dry_run             print every command, run none
   -h, --help            this text
 EOF
 }
@@ -50,17 +50,17 @@ while (($#)); do
   case $1 in
     --out) out=$(value_of "$@"); shift 2 ;;
     --data) data=$(value_of "$@"); shift 2 ;;
-    --nfcorpus-queries) nf_queries=$(value_of "$@"); shift 2 ;;
+    --nfcorpus_queries) nf_queries=$(value_of "$@"); shift 2 ;;
     --gpu) variant=":gpu"; shift ;;
     --python) python=$(value_of "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry_run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 
 require "$out" "output folder" --out O1_REPRO_DIR
-is_count "$nf_queries" || die "--nfcorpus-queries $nf_queries: expected a positive integer"
+is_count "$nf_queries" || die "--nfcorpus_queries $nf_queries: expected a positive integer"
 for set in scifact nfcorpus; do
   ((DRY_RUN)) || [[ -d $data/$set ]] || die "--data $data has no $set/ folder (expected the shared BEIR folders)"
 done

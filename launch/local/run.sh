@@ -21,13 +21,13 @@ Process 0 prints to this terminal; process i>0 writes DIR/logs/process<i>.log.
 
 options (a flag wins over its environment variable):
   -n, --processes N        O1_PROCESSES    number of processes (default 2)
-  --devices-per-process K  O1_DEVICES      CPU devices in each process (default 4)
+  --devices_per_process K  O1_DEVICES      CPU devices in each process (default 4)
   --config C               O1_CONFIG       config file, e.g. configs/demo.py:short
   --workdir DIR            O1_WORKDIR      the run's workdir (shared by the processes)
   --port P                 O1_PORT         coordinator port (default: a free one)
   --python PATH            O1_PYTHON       interpreter (default: .venv/bin/python, else python3)
   (environment only)       O1_GRACE_SECONDS  after a failure, SIGKILL what still runs this long after SIGTERM (60)
-  --dry-run                print the N commands, run none
+  --dry_run                print the N commands, run none
   -h, --help               this text
 EOF
 }
@@ -46,12 +46,12 @@ while (($#)); do
   esac
   case $1 in
     -n | --processes) processes=$(value_of "$@"); shift 2 ;;
-    --devices-per-process) devices=$(value_of "$@"); shift 2 ;;
+    --devices_per_process) devices=$(value_of "$@"); shift 2 ;;
     --config) config=$(value_of "$@"); shift 2 ;;
     --workdir) workdir=$(value_of "$@"); shift 2 ;;
     --port) port=$(value_of "$@"); shift 2 ;;
     --python) python=$(value_of "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry_run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; overrides=("$@"); break ;;
     *) die "unknown argument $1 (see --help; config overrides go after --)" ;;
@@ -61,7 +61,7 @@ done
 require "$config" "config" --config O1_CONFIG
 require "$workdir" "workdir" --workdir O1_WORKDIR
 is_count "$processes" || die "--processes $processes: expected a positive integer"
-is_count "$devices" || die "--devices-per-process $devices: expected a positive integer"
+is_count "$devices" || die "--devices_per_process $devices: expected a positive integer"
 if [[ -z $port ]]; then
   port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')
 fi

