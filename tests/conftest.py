@@ -11,6 +11,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # compute the same IEEE float32 results within the tests' tolerances. Subprocesses inherit it, so
 # runs compared bit for bit (kill/resume) use the same compiled code. Benchmarks do not set it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Many tests (and the training subprocesses they start) compile the same tiny train step: XLA's
+# persistent cache, in a folder for this session only, compiles each program once. A hit returns
+# the executable compiled from the same HLO and options, so results are unchanged. Point
+# JAX_COMPILATION_CACHE_DIR elsewhere to keep it between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="o1_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib
 
