@@ -63,7 +63,7 @@ def train_config() -> ml_collections.ConfigDict:
         global_batch_size=64, microbatches=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
         log_every=10, checkpoint_every=500, keep_checkpoints=3,
         # Consecutive steps with a non-finite loss or gradient norm that are skipped (no update)
-        # before training stops; 0 stops at the first. See trainer._check_finite.
+        # before training stops; 0 stops at the first. See trainer._FiniteGuard.
         max_nonfinite_steps=0))
 
     # Evaluation after the last step, on a BEIR folder ("" = the synthetic task's held-out split).

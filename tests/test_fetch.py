@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import threading
+import time
 
 import pytest
 
@@ -99,6 +101,27 @@ def test_interrupted_fetch_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fetch.fetch(NAME, cache_dir=tmp_path)
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_concurrent_fetches_convert_once(tmp_path, monkeypatch):
+    calls = []
+    fake = _fake_materialise()
+
+    def slow(*args):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)  # the other thread arrives while this one builds
+        fake(*args)
+
+    monkeypatch.setattr(fetch, "_materialise", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(fetch.fetch(NAME, cache_dir=tmp_path)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [tmp_path / "models" / NAME] * 2
+    assert (tmp_path / "models" / NAME / fetch.MARKER).is_file()
 
 
 def test_incomplete_folder_is_rebuilt_and_force_rebuilds(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ A complete folder is reused (the fetch is a cache); `--overwrite` rebuilds it.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib.metadata
 import importlib.util
 import json
@@ -100,6 +101,16 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, force: bool = F
 
     source = gguf_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per cache (processes of one machine, parallel test workers): the
+    # others wait here, then find the folder complete instead of converting the GGUF again.
+    with open(target.parent.parent / f".{name}.fetch.lock", "a") as lock:  # beside models/, not in it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (target / MARKER).is_file():
+            return target
+        return _build(name, entry, source, target)
+
+
+def _build(name: str, entry: ShippedModel, source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     # A sibling on the same file system, so the final rename is atomic.
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
