@@ -8,7 +8,8 @@ Bad input (a record, a config value, a flag) stops with one `error:` line and ex
 from absl import flags, logging
 from ml_collections import config_flags
 
-from o1_jax import cli, trainer
+from o1_jax import cli
+from o1_jax.training_job import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, f"Path to a config file (configs/*.py[:variant]); {cli.CONFIG_KEYS_HINT}.", lock_config=True)
@@ -21,7 +22,7 @@ def main(argv):
     del argv  # cli.run_absl refuses stray arguments
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     cli.check_output(_WORKDIR.value, folder=True, resumable=True)  # before any work
-    trainer.train(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -304,6 +304,8 @@ class TrainResult:
     history: list[dict]  # the metrics this call logged, one dict per logged step
     state: dict  # the final train state: params (the trainable ones), opt_state, step
     frozen: dict  # the frozen backbone under LoRA, else {}
+    run: "Run"  # model, tokenizer, mesh and config the state belongs to
+    data_path: pathlib.Path  # the JSONL file it trained on (the synthetic task's: beside its BEIR split)
 
 
 @dataclasses.dataclass
@@ -441,34 +443,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
             pass
         raise
     ckpt.close()
-    if config.eval.at_end and history:
-        evaluate_at_end(run, state, frozen, workdir, source_folder=data_path.parent)
-    return TrainResult(history, state, frozen)
-
-
-def evaluate_at_end(run: Run, state, frozen, workdir: epath.Path, source_folder: pathlib.Path) -> dict | None:
-    """No-think vs think(k) retrieval on a BEIR folder with the parameters just trained."""
-    from o1_jax.inference.embedder import O1Embedder
-    from o1_jax.retrieval.evaluate import evaluate_beir, format_table
-
-    e, d = run.config.eval, run.config.data
-    if jax.process_count() > 1:  # the parameters are spread over processes
-        if jax.process_index() == 0:
-            print("eval.at_end: skipped in a multi-process run; use python -m o1_jax.evaluate on the workdir")
-        return None
-    if not e.beir and not d.synthetic:
-        print("eval.at_end: skipped, no BEIR folder (set --config.eval.beir=FOLDER)", flush=True)
-        return None
-    folder = pathlib.Path(e.beir) if e.beir else source_folder
-    params = trainable.combine(state["params"], frozen, run.special_ids)
-    embedder = O1Embedder(run.model, params, run.tokenizer, max_query_tokens=d.max_query_tokens,
-                          max_thought_tokens=d.max_thought_tokens, max_doc_tokens=d.max_doc_tokens)
-    results = evaluate_beir(embedder, folder, e.split, num_thoughts=e.num_thoughts, max_queries=e.max_queries,
-                            seed=run.config.seed)
-    atomic_write_json(workdir / "eval" / f"{folder.name}-{e.split}.json", results)
-    print(f"evaluation on {folder} ({e.split}, {results['num_queries']} queries):")
-    print(format_table(results), flush=True)
-    return results
+    return TrainResult(history, state, frozen, run, data_path)
 
 
 RUN_CONFIG = "run_config.json"

