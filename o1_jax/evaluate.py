@@ -14,7 +14,6 @@ An existing results file is refused before any work unless `--overwrite` is give
 with one `error:` line and exit code 2.
 """
 
-import json
 import pathlib
 
 from absl import flags, logging
@@ -22,6 +21,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from o1_jax import cli
+from o1_jax.checkpoint import atomic_write_json
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.evaluate import (
     evaluate_beir,
@@ -101,10 +101,7 @@ def run(config, overwrite: bool = False) -> dict:
     results = evaluate(config, path)
     folder = pathlib.Path(config.data.path)
     results["model"] = {"kind": config.model.kind, "path": config.model.path}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, results)
     print(f"{folder.name} ({config.data.split}, {results['num_queries']} queries, {results['num_docs']} docs)")
     print(format_table(results))
     print(f"results: {out}")

@@ -100,7 +100,7 @@ def make_schedule(opt, num_steps: int) -> optax.Schedule:
     elif opt.decay == "constant":
         decay = optax.constant_schedule(opt.lr)
     else:
-        raise ValueError(f"config.optimizer.decay={opt.decay!r}: expected 'cosine', 'linear' or 'constant'")
+        raise ValueError(f"config.optimizer.decay={opt.decay!r}: expected one of {defaults.DECAYS}")
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), decay], [warmup])
