@@ -60,6 +60,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from o1_jax.files import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 STATE, META, CONFIG = "state", "meta", "config"
@@ -84,15 +86,6 @@ _ONE_LINE_ORBAX_ERRORS = _OneLineOrbaxErrors()
 
 class _Corrupt(Exception):
     """A step that cannot be trusted; the message names the file and what is wrong with it."""
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    """Writes `obj` as JSON to a temporary name beside `path`, then renames it onto `path`."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # os.replace locally; on GCS a copy of one object, which appears whole or not at all
 
 
 def _files(folder: epath.Path, prefix: str = "") -> list[str]:
@@ -206,6 +199,8 @@ class Checkpointer:
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         registry.add(STATE, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
         registry.add(STATE, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
+        # The same files read as a plain PyTree: only it can restore a part of the state.
+        registry.add(STATE, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
         for item in (META, CONFIG):
             registry.add(item, ocp.args.JsonSave, ocp.JsonCheckpointHandler)
             registry.add(item, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
@@ -333,17 +328,20 @@ class Checkpointer:
 
     # ---- restoring ----
 
-    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def restore(self, step: int | None, abstract_state: Any, partial: bool = False) -> tuple[Any, dict[str, Any]]:
         """Returns `(state, meta)` of `step` (the latest intact one when None), arrays on `abstract_state`'s shardings.
 
+        `partial=True`: `abstract_state` names only some of the saved top-level entries (e.g. just
+        `{"params": ...}`), and only those arrays are read; the others (the optimizer state) are not.
         Raises FileNotFoundError when the step does not exist and ValueError when the
         checkpoint is corrupted (with `step=None`: when no step is intact) or does not fit
         the current config or `abstract_state`.
         """
-        _, state, meta = self.restore_step(step, abstract_state)
+        _, state, meta = self.restore_step(step, abstract_state, partial)
         return state, meta
 
-    def restore_step(self, step: int | None, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+    def restore_step(self, step: int | None, abstract_state: Any,
+                     partial: bool = False) -> tuple[int, Any, dict[str, Any]]:
         """`(step, state, meta)`: `restore`, also saying which step it restored (after a fallback, an older one)."""
         steps = self.all_steps()
         if step is None:
@@ -364,7 +362,7 @@ class Checkpointer:
                 )
         for i, s in enumerate(candidates):
             try:
-                state, meta = self._restore_one(s, abstract_state)
+                state, meta = self._restore_one(s, abstract_state, partial)
                 return s, state, meta
             except _Corrupt as e:
                 if i + 1 == len(candidates):
@@ -390,22 +388,24 @@ class Checkpointer:
         self._mngr.reload()
         return aside
 
-    def _restore_one(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def _restore_one(self, step: int, abstract_state: Any, partial: bool) -> tuple[Any, dict[str, Any]]:
         folder = self.directory / str(step)
         where = f"checkpoint at {folder}"
         self._verify_manifest(step, folder)
         try:
             self._check_fingerprint(step, where)
-            self._check_shapes(step, where, abstract_state)
+            self._check_shapes(step, where, abstract_state, partial)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise self._corrupt_json(folder, e) from None
+        if partial:
+            restore_args = jax.tree.map(
+                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract_state)
+            state_args = ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args, partial_restore=True)
+        else:
+            state_args = ocp.args.StandardRestore(abstract_state)
         try:
             restored = self._mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-                ),
-            )
+                step, args=ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()}))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise self._corrupt_json(folder, e) from None
         except (OSError, ValueError) as e:  # tensorstore's read or decode errors are ValueErrors
@@ -464,7 +464,7 @@ class Checkpointer:
         if diffs:
             raise ValueError(f"{where} was trained with " + "; ".join(diffs))
 
-    def _check_shapes(self, step: int, where: str, abstract_state: Any) -> None:
+    def _check_shapes(self, step: int, where: str, abstract_state: Any, partial: bool) -> None:
         stored_tree = self._mngr.metadata(step).item_metadata[STATE]
         stored_tree = getattr(stored_tree, "tree", stored_tree)  # TreeMetadata wraps the tree
         stored = _flat_leaves(stored_tree)
@@ -482,7 +482,8 @@ class Checkpointer:
                 f"{where} has {name} with shape {tuple(stored[name].shape)}, but the state expects "
                 f"{tuple(wanted[name].shape)}" + (f" ({len(differ)} arrays differ in all)" if len(differ) > 1 else "")
             )
-        extra = [name for name in stored if name not in wanted]
+        wanted_tops = {name.split(".")[0] for name in wanted}
+        extra = [name for name in stored if name not in wanted and not (partial and name.split(".")[0] not in wanted_tops)]
         if extra:
             raise ValueError(
                 f"{where} has {len(extra)} parameter(s) the state does not expect, the first {extra[0]} "

@@ -16,7 +16,10 @@ import ml_collections
 from o1_jax.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES
 from o1_jax.sharding import DEFAULT_RULES
 
-DECAYS = ("cosine", "linear", "constant")  # optimizer.decay (o1_jax.trainer.make_schedule)
+DECAYS = ("cosine", "linear", "constant")  # optimizer.decay (o1_jax.training.optimizer.make_schedule)
+# Sampling of k > 1 thoughts at inference (the original's); one thought is greedy.
+THINK_TEMPERATURE = 0.1
+THINK_TOP_P = 0.9
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -63,11 +66,13 @@ def train_config() -> ml_collections.ConfigDict:
         global_batch_size=64, microbatches=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
         log_every=10, checkpoint_every=500, keep_checkpoints=3,
         # Consecutive steps with a non-finite loss or gradient norm that are skipped (no update)
-        # before training stops; 0 stops at the first. See trainer._FiniteGuard.
+        # before training stops; 0 stops at the first. See training/loop.py's _FiniteGuard.
         max_nonfinite_steps=0))
 
     # Evaluation after the last step, on a BEIR folder ("" = the synthetic task's held-out split).
-    c.eval = ml_collections.ConfigDict(dict(at_end=False, beir="", split="test", num_thoughts=1, max_queries=0))
+    # temperature / top_p: the sampling of k > 1 thoughts, also what O1Embedder.from_pretrained(workdir) uses.
+    c.eval = ml_collections.ConfigDict(dict(at_end=False, beir="", split="test", num_thoughts=1, max_queries=0,
+                                            temperature=THINK_TEMPERATURE, top_p=THINK_TOP_P))
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -137,6 +142,8 @@ MEANINGS = {
     "eval.split": "qrels split of eval.beir",
     "eval.num_thoughts": "thoughts per query in think mode",
     "eval.max_queries": "evaluate on at most this many queries; 0 = all",
+    "eval.temperature": "sampling temperature of k > 1 thoughts (one thought is greedy); also the run's default when served",
+    "eval.top_p": "top-p of k > 1 sampled thoughts; also the run's default when served",
     "mesh.shape": "(data, fsdp, tensor) mesh sizes; -1 takes the remaining devices",
     "mesh.rules": "logical axis -> mesh axis table (o1_jax.sharding.DEFAULT_RULES)",
     "distributed.initialize": "call jax.distributed.initialize (multi-process runs)",
@@ -219,6 +226,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("num_thoughts", "max_queries"):
         if e[key] < 0:
             bad(f"eval.{key}", "a count >= 0")
+    if e.temperature < 0:
+        bad("eval.temperature", "a number >= 0 (0 = greedy)")
+    if not 0.0 < e.top_p <= 1.0:
+        bad("eval.top_p", "a probability in (0, 1]")
     shape = tuple(config.mesh.shape)
     if len(shape) != 3 or any(n == 0 or n < -1 for n in shape) or shape.count(-1) > 1:
         bad("mesh.shape", "three sizes (data, fsdp, tensor), each positive or one of them -1")

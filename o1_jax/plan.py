@@ -22,10 +22,27 @@ per step from the compiler's cost analysis; the device's HBM and whether the ste
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 import sys
+import time
+
+# Importing jax does not start a backend: main() can still set XLA_FLAGS for --cpu_devices first.
+import flax.linen as nn
+import jax
+import numpy as np
+import transformers
+from absl import flags
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from o1_jax import cli, defaults, model_specs, sharding
+from o1_jax.data import formatting
+from o1_jax.data.synthetic import make_tokenizer
+from o1_jax.files import atomic_write_json
+from o1_jax.models import abstract_params, param_shapes, presets
+from o1_jax.training.batches import check_batch
+from o1_jax.training.run import INIT_FROM, assemble_run, model_config
+from o1_jax.training.step import step_flops
 
 # HBM per chip in GiB, by the `device_kind` a compile-only device reports.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
@@ -50,6 +67,7 @@ class Plan:
     hbm_gib: float | None
     flops_per_step: float  # model FLOPs of the whole step (o1_jax.flops), all devices together
     compile_s: float
+    replicated: list[str]  # parameter dimensions the rules shard but the mesh does not divide
 
     @property
     def fits(self) -> bool | None:
@@ -64,6 +82,8 @@ class Plan:
              f"- donated {self.alias_gib:.2f} GiB + temporaries {self.temp_gib:.2f} GiB = peak {self.peak_gib:.2f} GiB"),
         ]
         lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (all devices); compiled in {self.compile_s:.1f} s")
+        if self.replicated:
+            lines.append(f"replicated instead of sharded ({len(self.replicated)}): " + "; ".join(self.replicated))
         if self.hbm_gib is None:
             lines.append("HBM: unknown for this device (pass --hbm_gib to compare)")
         elif self.fits:
@@ -83,8 +103,6 @@ def topology_devices(topology: str) -> list:
     except ImportError:
         raise ValueError(f"--topology {topology}: libtpu is not installed; "
                          "pip install -r requirements-plan.txt (or use --cpu_devices N)") from None
-    from jax.experimental import topologies
-
     try:
         return list(topologies.get_topology_desc(topology, "tpu").devices)
     except Exception as e:  # noqa: BLE001  (libtpu raises several types; its message's first line names the problem)
@@ -94,18 +112,13 @@ def topology_devices(topology: str) -> list:
 
 def planned_model(config):
     """(LlamaConfig, tokenizer size, description) without loading weights."""
-    from o1_jax import trainer
-    from o1_jax.data.synthetic import make_tokenizer
-    from o1_jax.models import presets
-
     m = config.model
     folder = None
-    if m.init_from.startswith("shipped:") or (m.init_from and pathlib.Path(m.init_from).expanduser().is_dir()):
-        folder = trainer.resolve_model_path(m.init_from)
+    if m.init_from.startswith(model_specs.PREFIXES) or (m.init_from and os.path.isdir(os.path.expanduser(m.init_from))):
+        folder = model_specs.resolve_hf_folder(m.init_from, INIT_FROM)
     if folder is not None:
-        import transformers
-
-        size, source = len(transformers.AutoTokenizer.from_pretrained(m.tokenizer or folder)), str(folder)
+        tokenizer = model_specs.resolve(m.tokenizer, "config.model.tokenizer") if m.tokenizer else folder
+        size, source = len(transformers.AutoTokenizer.from_pretrained(tokenizer)), str(folder)
     elif m.architecture:
         size, source = presets.preset(m.architecture)[1], f"architecture {m.architecture!r}"
     elif m.init_from:
@@ -116,29 +129,20 @@ def planned_model(config):
     else:
         raise ValueError("config.model: a fresh model needs model.tokenizer='synthetic' or model.architecture "
                          "to plan")
-    return trainer.model_config(config, folder, size), size, source
+    return model_config(config, folder, size), size, source
 
 
 def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Plan:
-    import time
-
-    import flax.linen as nn
-    import jax
-    import numpy as np
-
-    from o1_jax import trainer
-    from o1_jax.data import formatting
-
     cfg, tokenizer_size, source = planned_model(config)
     special_ids = list(range(tokenizer_size, tokenizer_size + len(formatting.SPECIAL_TOKENS)))
     cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tokenizer_size + len(special_ids)))
     num_steps = config.train.num_steps or 1000
-    run = trainer.assemble_run(config, cfg, None, special_ids, tokenizer_size, None, num_steps, devices)
-    trainer._check_batch(config, run.mesh)
+    run = assemble_run(config, cfg, None, special_ids, tokenizer_size, None, num_steps, devices)
+    check_batch(config, run.mesh)
     d, b = config.data, config.train.global_batch_size
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding)
-             for k, (shape, dtype) in formatting.train_batch_shapes(
-                 b, d.group_size, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens).items()}
+    shapes = formatting.train_batch_shapes(b, d.group_size, d.max_query_tokens, d.max_thought_tokens,
+                                           d.max_doc_tokens)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding) for k, (shape, dtype) in shapes.items()}
 
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
         start = time.perf_counter()
@@ -148,10 +152,9 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
     mem = compiled.memory_analysis()
     arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
     alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    flops = trainer.step_flops(cfg, batch)
     kind = devices[0].device_kind
     hbm = hbm_gib if hbm_gib is not None else HBM_GIB.get(kind)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(trainer.param_shapes(cfg)))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(param_shapes(cfg)))
     return Plan(
         target=target, device_kind=kind, num_devices=len(devices), mesh=dict(run.mesh.shape),
         model=f"{cfg.model_type} from {source}, {cfg.dtype} compute / {cfg.param_dtype} params, remat "
@@ -159,7 +162,8 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
         params=num_params, trainable=run.num_trainable, global_batch=b,
         argument_gib=arg / GIB, output_gib=out / GIB, alias_gib=alias / GIB, temp_gib=temp / GIB,
         peak_gib=(arg + out - alias + temp) / GIB, hbm_gib=hbm,
-        flops_per_step=flops, compile_s=compile_s)
+        flops_per_step=step_flops(cfg, batch, 1), compile_s=compile_s,
+        replicated=sharding.undivided(abstract_params(cfg), run.mesh, run.rules))
 
 
 def _cpu_devices_from_argv(argv: list[str]) -> int:
@@ -177,11 +181,6 @@ def main() -> None:
     if n:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from absl import flags
-    from ml_collections import config_flags
-
-    from o1_jax import cli, defaults
-
     config = config_flags.DEFINE_config_file("config", None, f"experiment config (configs/*.py[:variant]); "
                                              f"{cli.CONFIG_KEYS_HINT}", lock_config=True)
     topology = flags.DEFINE_string("topology", None, "TPU topology to compile for, e.g. v5p:4x4x4 or v5e:16x16")
@@ -202,8 +201,6 @@ def main() -> None:
         defaults.check_config(config.value)
         if json_out.value:
             cli.check_output(json_out.value, overwrite.value)  # before the compile
-        import jax
-
         if cpu_devices.value:
             devices, target = jax.devices("cpu")[: cpu_devices.value], f"{cpu_devices.value} CPU devices"
             if len(devices) < cpu_devices.value:
@@ -213,11 +210,7 @@ def main() -> None:
         result = plan(config.value, devices, target, hbm.value)
         print(result.summary(), flush=True)
         if json_out.value:
-            out = pathlib.Path(json_out.value)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            tmp.write_text(json.dumps(dict(dataclasses.asdict(result), fits=result.fits), indent=2) + "\n")
-            os.replace(tmp, out)
+            atomic_write_json(json_out.value, dict(dataclasses.asdict(result), fits=result.fits))
         return 2 if result.fits is False else 0
 
     cli.run_absl(run)

@@ -3,19 +3,26 @@
 Parameters and activations carry logical axis names (`embed`, `mlp`, `q_heads`,
 `activation_batch`, ...); a rules table maps each to a mesh axis of the mesh
 `('data', 'fsdp', 'tensor')`. A logical axis whose size the mesh axis does not
-divide falls back to replication for that parameter (e.g. 3 KV heads on tensor=2).
+divide falls back to replication for that parameter (e.g. 3 KV heads on tensor=2);
+`undivided` lists those fallbacks, and the planner reports them.
+
+Training (`train_state_shardings`: parameters, their trainable/frozen views, Adam's moments,
+the batch), embedding (`data_parallel`) and planning all take their shardings from here.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+import flax.traverse_util as traverse
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = PartitionSpec(("data", "fsdp"))  # batch rows over data x fsdp, as activation_batch
 
 # Megatron-style tensor parallelism over heads and MLP width, FSDP over the hidden
 # dimension, batch over data x fsdp; the residual stream is not split over `tensor`.
@@ -51,27 +58,89 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def rules_from_config(rules) -> tuple:
+    """`config.mesh.rules` (lists, as a config or JSON holds them) as the tuples flax expects."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
+def _axes_size(axes, mesh: Mesh) -> int:
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([mesh.shape[a] for a in names])) if names else 1
+
+
 def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
     """Drops mesh axes that do not divide their dimension (replicating it instead)."""
-    fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-        fitted.append(axes if dim % size == 0 else None)
-    return PartitionSpec(*fitted)
+    padded = tuple(spec) + (None,) * (len(shape) - len(spec))
+    return PartitionSpec(*(axes if dim % _axes_size(axes, mesh) == 0 else None for dim, axes in zip(shape, padded)))
 
 
-def logical_to_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a tree of `nn.LogicallyPartitioned` (e.g. from `abstract_params`)."""
-    logical = nn.get_partition_spec(boxed_tree)
-    mesh_specs = nn.logical_to_mesh(logical, rules)
+def _mesh_specs_and_shapes(boxed_tree, rules):
+    mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
     # Not nn.unbox: inside a mesh context it would apply sharding constraints to abstract values.
     shapes = jax.tree_util.tree_map(
         lambda x: (x.value if isinstance(x, nn.Partitioned) else x).shape, boxed_tree,
         is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    return jax.tree_util.tree_map(
-        lambda spec, shape: NamedSharding(mesh, _fit(spec, shape, mesh)),
-        mesh_specs,
-        shapes,
-        is_leaf=lambda x: isinstance(x, PartitionSpec),
-    )
+    return mesh_specs, shapes
+
+
+def logical_to_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a tree of `nn.LogicallyPartitioned` (e.g. from `abstract_params`)."""
+    mesh_specs, shapes = _mesh_specs_and_shapes(boxed_tree, rules)
+    return jax.tree_util.tree_map(lambda spec, shape: NamedSharding(mesh, _fit(spec, shape, mesh)),
+                                  mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def undivided(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
+    """One line per parameter dimension the rules shard but the mesh does not divide (so it is replicated)."""
+    mesh_specs, shapes = _mesh_specs_and_shapes(boxed_tree, rules)
+    flat_specs = traverse.flatten_dict(jax.tree_util.tree_map(lambda s: (s,), mesh_specs,
+                                                              is_leaf=lambda x: isinstance(x, PartitionSpec)))
+    flat_shapes = traverse.flatten_dict(jax.tree_util.tree_map(lambda s: (s,), shapes,
+                                                               is_leaf=lambda x: isinstance(x, tuple)))
+    lines = []
+    for key, (spec,) in sorted(flat_specs.items()):
+        (shape,) = flat_shapes[key]
+        for i, (dim, axes) in enumerate(zip(shape, tuple(spec))):
+            if axes is not None and dim % _axes_size(axes, mesh):
+                lines.append(f"{'/'.join(key)} dim {i} (size {dim}) is replicated: mesh axes {axes} "
+                             f"({_axes_size(axes, mesh)} devices) do not divide it")
+    return lines
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, BATCH_AXES)
+
+
+def data_parallel(devices: Sequence[jax.Device]) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, rows) on a 1-D `data` mesh over `devices`: serving's layout, parameters copied
+    to every device and the batch rows split over them."""
+    mesh = Mesh(np.asarray(list(devices)), ("data",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def with_shardings(tree, shardings):
+    """`jax.ShapeDtypeStruct`s of `tree`'s leaves carrying `shardings` (a tree of the same structure)."""
+    return jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
+
+
+def view_shardings(view_tree, full_shardings, mesh: Mesh, replicated_keys: Sequence[str] = ()):
+    """Shardings of a view of the parameters (`training.trainable_params.split`'s trainable or
+    frozen part): each leaf takes its full parameter's sharding; a flat `{'a/b/c': leaf}` view is
+    looked up by path, and `replicated_keys` (small extra arrays, e.g. the special-token rows) are
+    replicated."""
+    if not isinstance(view_tree, dict) or not view_tree:
+        return jax.tree_util.tree_map(lambda _: replicated(mesh), view_tree)
+    full_flat = traverse.flatten_dict(full_shardings)
+    if any(isinstance(v, dict) for v in view_tree.values()):  # a nested parameter tree
+        return traverse.unflatten_dict({k: full_flat[k] for k in traverse.flatten_dict(view_tree)})
+    return {k: replicated(mesh) if k in replicated_keys else full_flat[tuple(k.split("/"))] for k in view_tree}
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, mesh: Mesh):
+    """Adam's moments sharded like their parameters; counters and other scalars replicated."""
+    return optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract_params), param_shardings,
+                                 transform_non_params=lambda _: replicated(mesh))

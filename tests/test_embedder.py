@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import transformers
 
-from o1_jax import hf, objective
+from o1_jax import forward, hf
 from o1_jax.data import synthetic
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.inference.generate import Sampling
@@ -43,12 +43,12 @@ def test_no_think_query_and_corpus_embeddings_match_the_training_formats(hf_fold
     emb = O1Embedder.from_pretrained(hf_folder, batch_size=2)
     q = emb.encode_queries(QUERIES)
     batch = emb.formatter.collate_queries(QUERIES)
-    ref = np.asarray(objective.embed(emb.model, emb.params, batch["query_ids"], batch["query_mask"]))
+    ref = np.asarray(forward.embed(emb.model, emb.params, batch["query_ids"], batch["query_mask"]))
     np.testing.assert_allclose(q, ref, atol=1e-5)
     docs = [{"title": "bane tosul", "text": "lives in oslo ."}, "kamo rizel", {"title": "", "text": "a b c d e f"}]
     d = emb.encode_corpus(docs)
     batch = emb.formatter.collate_docs(docs)
-    ref = np.asarray(objective.embed(emb.model, emb.params, batch["doc_ids"], batch["doc_mask"]))
+    ref = np.asarray(forward.embed(emb.model, emb.params, batch["doc_ids"], batch["doc_mask"]))
     np.testing.assert_allclose(d, ref, atol=1e-5)  # sorted into buckets, returned in input order
     np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, atol=1e-5)
 

@@ -13,6 +13,8 @@ import pytest
 from o1_jax import flops, plan
 from o1_jax.hf import convert
 from o1_jax.models import LlamaConfig, LlamaForCausalLM, param_shapes, presets
+from o1_jax.data.synthetic import make_tokenizer
+from o1_jax.training import run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -117,11 +119,8 @@ def test_qwen_recipe_fits_a_v5p_slice():
 
 def test_adam_moments_are_sharded_like_their_parameters():
     """A replicated optimizer state would need 8 bytes per parameter on every device."""
-    from o1_jax import trainer
-    from o1_jax.data.synthetic import make_tokenizer
-
     tokenizer = make_tokenizer()
-    run = trainer.build_run(_config("demo.py", "short"), tokenizer, len(tokenizer), 10, jax.devices()[:8])
+    run = run_lib.build_run(_config("demo.py", "short"), tokenizer, len(tokenizer), 10, jax.devices()[:8])
     params = run.state_shardings["params"]
     adam = run.state_shardings["opt_state"][1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
     for moments in (adam.mu, adam.nu):

@@ -13,7 +13,8 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from orbax.checkpoint._src.path import gcs_utils
 
-from o1_jax import export, trainable, trainer
+from o1_jax import export, files
+from o1_jax.training import batches, loop, trainable_params, workdir as workdir_lib
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.metrics import MetricWriter
 from test_train import tiny_config
@@ -49,7 +50,7 @@ def gcs(tmp_path, monkeypatch) -> pathlib.Path:
     monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs",
                         lambda path: {"driver": "file", "path": str(root / path.removeprefix("gs://"))})
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-    monkeypatch.setattr(trainer, "LOCAL_CACHE_ROOT", str(tmp_path / "local_cache"))
+    monkeypatch.setattr(files, "LOCAL_CACHE_ROOT", str(tmp_path / "local_cache"))
     yield root
     epath_backend.fsspec_backend._get_filesystem.cache_clear()
 
@@ -78,26 +79,26 @@ def test_metric_writer_copies_whole_files_to_a_remote_workdir(gcs):
 
 def test_a_remote_data_cache_is_refused(gcs):
     with pytest.raises(ValueError, match=r"cache_dir='gs://bucket/cache': expected a local folder"):
-        trainer.data_cache_dir(tiny_config(**{"data.cache_dir": "gs://bucket/cache"}), epath.Path("gs://bucket/run"))
+        batches.data_cache_dir(tiny_config(**{"data.cache_dir": "gs://bucket/cache"}), epath.Path("gs://bucket/run"))
 
 
 def test_train_resume_and_restore_in_a_gs_workdir(gcs, tmp_path, capsys):
     # A constant learning rate: 4 steps continued to 6 are then the same as 6 steps in one run.
     constant = {"optimizer.decay": "constant", "optimizer.warmup_steps": 0}
-    reference = trainer.train(tiny_config(**constant, **{"train.num_steps": 6}), tmp_path / "local")
+    reference = loop.train(tiny_config(**constant, **{"train.num_steps": 6}), tmp_path / "local")
     ref = {h["step"]: h["loss"] for h in reference.history}
     workdir, stored = "gs://bucket/run", gcs / "bucket" / "run"
 
-    first = trainer.train(tiny_config(**constant, **{"train.num_steps": 4}), workdir)
+    first = loop.train(tiny_config(**constant, **{"train.num_steps": 4}), workdir)
     assert json.loads((stored / "run_config.json").read_text())["config"]["train"]["num_steps"] == 4
-    assert {"tokenizer.json", trainer.TOKENIZER_COMMIT} <= {p.name for p in (stored / "tokenizer").iterdir()}
+    assert {"tokenizer.json", files.COMMIT_FILE} <= {p.name for p in (stored / "tokenizer").iterdir()}
     assert logged_steps(stored / "metrics.jsonl") == [1, 2, 3, 4]
     assert sorted(int(p.name) for p in (stored / "checkpoints").iterdir()) == [2, 4]
     # The array_record cache stays on this machine's disk.
     assert not (stored / "data_cache").exists() and (tmp_path / "local_cache").is_dir()
     assert f"data cache: {tmp_path / 'local_cache'}" in capsys.readouterr().out
 
-    resumed = trainer.train(tiny_config(**constant, **{"train.num_steps": 6}), workdir)
+    resumed = loop.train(tiny_config(**constant, **{"train.num_steps": 6}), workdir)
     assert [h["step"] for h in resumed.history] == [5, 6]
     for h in first.history + resumed.history:
         assert h["loss"] == pytest.approx(ref[h["step"]], rel=1e-6), h["step"]
@@ -105,18 +106,19 @@ def test_train_resume_and_restore_in_a_gs_workdir(gcs, tmp_path, capsys):
     assert len(list((stored / "tensorboard").iterdir())) == 2
     assert sorted(int(p.name) for p in (stored / "checkpoints").iterdir()) == [2, 4, 6]
 
-    _, params, tokenizer, config = trainer.restore_trained(workdir)
-    expected = trainable.combine(resumed.state["params"], resumed.frozen, sorted(
+    restored = workdir_lib.restore_params(workdir)
+    params, tokenizer, config = restored.params, restored.tokenizer, restored.config
+    expected = trainable_params.combine(resumed.state["params"], resumed.frozen, sorted(
         tokenizer.convert_tokens_to_ids(["<query>", "</query>", "<thought>", "<emb>"])))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, expected)
     assert config.train.num_steps == 6
     emb = O1Embedder.from_pretrained(workdir)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), emb.params, params)
-    # What the export reads before restoring (the restore itself is restore_trained's).
+    # What the export reads before restoring (the restore itself is restore_params's).
     export.check_destination(epath.Path(workdir), tmp_path / "export", overwrite=False)
     assert export.resolve_step(epath.Path(workdir), None) == 6 and export.read_eval_results(epath.Path(workdir)) == []
 
     # A tokenizer upload cut off before its commit file is not trusted.
-    (stored / "tokenizer" / trainer.TOKENIZER_COMMIT).unlink()
+    (stored / "tokenizer" / files.COMMIT_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=r"gs://bucket/run/tokenizer: no commit_success.txt"):
-        trainer.restore_trained(workdir)
+        workdir_lib.restore_params(workdir)

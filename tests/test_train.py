@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from o1_jax import trainer, training_job
+from o1_jax import training_job
+from o1_jax.training import loop, trainable_params, workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -84,7 +85,7 @@ def logged(workdir) -> dict[int, float]:
 def eight_run(tmp_path_factory):
     """(workdir, result) of 3 steps of the tiny config on a (2, 2, 2) mesh of the 8 devices."""
     workdir = tmp_path_factory.mktemp("eight") / "w"
-    return workdir, trainer.train(tiny_config(**{"train.num_steps": 3, "mesh.shape": (2, 2, 2)}), workdir)
+    return workdir, loop.train(tiny_config(**{"train.num_steps": 3, "mesh.shape": (2, 2, 2)}), workdir)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +93,11 @@ def lora_run(tmp_path_factory):
     """(workdir, result) of 2 steps with rank-4 LoRA adapters on q_proj and v_proj."""
     workdir = tmp_path_factory.mktemp("lora") / "w"
     changes = {"train.num_steps": 2, "model.lora.rank": 4, "model.lora.targets": ("q_proj", "v_proj")}
-    return workdir, trainer.train(tiny_config(**changes), workdir)
+    return workdir, loop.train(tiny_config(**changes), workdir)
 
 
 def test_one_device_and_an_eight_device_mesh_train_identically(tmp_path, eight_run):
-    one = trainer.train(tiny_config(**{"train.num_steps": 3, "mesh.shape": (1, 1, 1)}), tmp_path / "one",
+    one = loop.train(tiny_config(**{"train.num_steps": 3, "mesh.shape": (1, 1, 1)}), tmp_path / "one",
                         devices=jax.devices()[:1])
     eight = eight_run[1]
     np.testing.assert_allclose(losses(eight.history), losses(one.history), rtol=2e-5)
@@ -119,7 +120,7 @@ def test_lora_trains_adapters_and_special_rows_only(lora_run):
 
 def test_sigkill_then_resume_sees_the_same_batches(tmp_path):
     long = {"train.num_steps": 40}
-    reference = trainer.train(tiny_config(**long), tmp_path / "reference")
+    reference = loop.train(tiny_config(**long), tmp_path / "reference")
     ref = {h["step"]: h["loss"] for h in reference.history}
     assert len(ref) == 40
 
@@ -134,7 +135,7 @@ def test_sigkill_then_resume_sees_the_same_batches(tmp_path):
     first = logged(workdir)
     assert max(first) < 40, "the run finished before it was killed: nothing to resume"
 
-    resumed = trainer.train(tiny_config(**long), workdir)
+    resumed = loop.train(tiny_config(**long), workdir)
     start = resumed.history[0]["step"] - 1
     assert 4 <= start <= max(first) and start % 2 == 0  # from the last complete checkpoint
     assert [h["step"] for h in resumed.history] == list(range(start + 1, 41))
@@ -168,14 +169,14 @@ def test_bad_training_data_fails_before_any_step(tmp_path):
     bad.write_text('{"query": "q", "pos": ["d"]}\n{"query": "no positives"}\n')
     config = tiny_config(**{"data.synthetic": False, "data.train": str(bad)})
     with pytest.raises(ValueError, match=r"bad.jsonl:2: .*pos"):
-        trainer.train(config, tmp_path / "w")
+        loop.train(config, tmp_path / "w")
     assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, eight_run):
     shutil.copytree(eight_run[0], tmp_path / "w")  # a copy: the shared run stays as it was
     with pytest.raises(ValueError, match="hidden_size=32, but the config says 48"):
-        trainer.train(tiny_config(**{"train.num_steps": 4, "model.fresh.hidden_size": 48}), tmp_path / "w")
+        loop.train(tiny_config(**{"train.num_steps": 4, "model.fresh.hidden_size": 48}), tmp_path / "w")
 
 
 def _free_port() -> int:
@@ -222,7 +223,7 @@ def test_demo_short_learns(tmp_path, capsys):
 @pytest.mark.slow
 def test_full_demo_learns(tmp_path):
     # Its wall time is the README's to report (1 to 4.5 min on 2 cores), not a test's to assert.
-    result = trainer.train(demo.get_config(), tmp_path / "demo")
+    result = loop.train(demo.get_config(), tmp_path / "demo")
     hist = result.history
     first, last = hist[0], hist[-1]
     assert last["loss"] < 0.5 * first["loss"]
@@ -232,10 +233,9 @@ def test_full_demo_learns(tmp_path):
 @pytest.mark.parametrize("lora", [False, True])
 def test_restore_trained_returns_the_final_parameters(request, lora):
     workdir, result = request.getfixturevalue("lora_run" if lora else "eight_run")
-    model, params, tokenizer, config = trainer.restore_trained(workdir)
-    from o1_jax import trainable
-
-    expected = trainable.combine(result.state["params"], result.frozen, sorted(
+    restored = workdir_lib.restore_params(workdir)
+    model, params, tokenizer, config = restored.model, restored.params, restored.tokenizer, restored.config
+    expected = trainable_params.combine(result.state["params"], result.frozen, sorted(
         tokenizer.convert_tokens_to_ids(["<query>", "</query>", "<thought>", "<emb>"])))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, expected)
     assert model.cfg.lora_rank == (4 if lora else 0)
@@ -244,7 +244,7 @@ def test_restore_trained_returns_the_final_parameters(request, lora):
 
 def test_restore_on_fewer_devices_than_the_training_mesh(eight_run):
     workdir, result = eight_run
-    model, params, _, _ = trainer.restore_trained(workdir, devices=jax.devices()[:1])
+    params = workdir_lib.restore_params(workdir, devices=jax.devices()[:1]).params
     emb = params["model"]["embed_tokens"]["embedding"]
     assert len(emb.sharding.device_set) == 1
     np.testing.assert_array_equal(np.asarray(emb), np.asarray(result.state["params"]["model"]["embed_tokens"]["embedding"]))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from o1_jax import trainer
+from o1_jax.training import loop
 from tests.test_train import ROOT, tiny_config
 
 
@@ -32,7 +32,7 @@ def test_smollm2_on_scifact_prepared_records(shared_data, smollm2_path, tmp_path
     config.train.log_every = 1
     config.train.checkpoint_every = 1
     config.model.lora.rank = 4
-    result = trainer.train(config, tmp_path / "w")
+    result = loop.train(config, tmp_path / "w")
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 1 and np.isfinite(losses).all()
     assert result.history[0]["gen_tokens"] == 0  # prepared records have no thoughts yet
@@ -47,9 +47,9 @@ def test_distillation_and_microbatches_on_msmarco_toy_records(shared_data, smoll
             "data.max_query_tokens": 16, "data.max_thought_tokens": 4, "data.max_doc_tokens": 24,
             "train.global_batch_size": 8, "train.num_steps": 2, "loss.w_distill": 0.5}
     two = jax.devices()[:2]  # 8 queries in 2 micro-batches of 4, split over 2 devices
-    result = trainer.train(tiny_config(**base), tmp_path / "w", devices=two)
+    result = loop.train(tiny_config(**base), tmp_path / "w", devices=two)
     assert all(np.isfinite(h["distill_loss"]) and h["distill_loss"] > 0 for h in result.history)
-    micro = trainer.train(tiny_config(**base, **{"train.microbatches": 2}), tmp_path / "micro", devices=two)
+    micro = loop.train(tiny_config(**base, **{"train.microbatches": 2}), tmp_path / "micro", devices=two)
     assert [h["step"] for h in micro.history] == [1, 2]
     # With two micro-batches each query sees only its own micro-batch's documents: a different loss.
     assert micro.history[0]["ctr_loss"] != pytest.approx(result.history[0]["ctr_loss"], rel=1e-6)
@@ -58,4 +58,4 @@ def test_distillation_and_microbatches_on_msmarco_toy_records(shared_data, smoll
 
 def test_a_batch_the_mesh_cannot_split_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="global_batch_size=4 .* divisible by the mesh's data x fsdp = 8"):
-        trainer.train(tiny_config(**{"train.global_batch_size": 4}), tmp_path / "w")
+        loop.train(tiny_config(**{"train.global_batch_size": 4}), tmp_path / "w")

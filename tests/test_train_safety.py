@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from o1_jax import export as export_mod, trainer
+from o1_jax import export as export_mod, forward
+from o1_jax.training import batches as batches_lib, loop, run as run_lib, workdir as workdir_lib
 from o1_jax.checkpoint import MANIFEST, Checkpointer
 from o1_jax.sharding import make_mesh
 from tests.test_checkpoint import _abstract, _state
@@ -29,7 +30,7 @@ BASE = {"train.num_steps": 4, "train.checkpoint_every": 2, "optimizer.decay": "c
 def base_run(tmp_path_factory):
     """(workdir, {step: loss}) of a finished 4-step run with checkpoints 2 and 4."""
     workdir = tmp_path_factory.mktemp("safety") / "base"
-    result = trainer.train(tiny_config(**BASE), workdir, devices=jax.devices()[:1])
+    result = loop.train(tiny_config(**BASE), workdir, devices=jax.devices()[:1])
     return workdir, {h["step"]: h["loss"] for h in result.history}
 
 
@@ -55,7 +56,7 @@ def _flip_4kib(step_dir: pathlib.Path) -> pathlib.Path:
 
 def _nan_at(monkeypatch, steps):
     """Makes the loss of the given (1-based) steps NaN, inside the real jitted step."""
-    local_batch = trainer.Batches.local_batch
+    local_batch = batches_lib.Batches.local_batch
 
     def poisoned_batch(self, step):
         batch = local_batch(self, step)
@@ -63,7 +64,7 @@ def _nan_at(monkeypatch, steps):
         batch["poison"] = np.full((n,), np.nan if step + 1 in steps else 1.0, np.float32)
         return batch
 
-    joint_loss = trainer.objective.joint_loss
+    joint_loss = forward.joint_loss
 
     def poisoned_loss(model, params, batch, loss_cfg):
         batch = dict(batch)
@@ -72,8 +73,8 @@ def _nan_at(monkeypatch, steps):
         total = total * poison[0]
         return total, dict(metrics, loss=total)
 
-    monkeypatch.setattr(trainer.Batches, "local_batch", poisoned_batch)
-    monkeypatch.setattr(trainer.objective, "joint_loss", poisoned_loss)
+    monkeypatch.setattr(batches_lib.Batches, "local_batch", poisoned_batch)
+    monkeypatch.setattr(forward, "joint_loss", poisoned_loss)
 
 
 # ----------------------------------------------------------------------------- corrupted checkpoints
@@ -82,7 +83,7 @@ def _nan_at(monkeypatch, steps):
 def test_a_corrupted_step_falls_back_to_the_previous_intact_one(base_run, workdir, capsys):
     bad = _flip_4kib(workdir / "checkpoints" / "4")
     assert json.loads((workdir / "checkpoints" / "4" / MANIFEST).read_text())["step"] == 4
-    resumed = trainer.train(tiny_config(**{**BASE, "train.num_steps": 6}), workdir, devices=jax.devices()[:1])
+    resumed = loop.train(tiny_config(**{**BASE, "train.num_steps": 6}), workdir, devices=jax.devices()[:1])
     out = capsys.readouterr().out
     assert f"{bad}: its sha256 differs from the one in {MANIFEST}, so step 4 is corrupted; falling back to step 2" in out
     assert [h["step"] for h in resumed.history] == [3, 4, 5, 6]  # from step 2, the same batches
@@ -102,7 +103,7 @@ def test_no_intact_step_left_is_one_sentence_naming_the_file(workdir, tmp_path):
 
     bad = _flip_4kib(workdir / "checkpoints" / "2")
     with pytest.raises(ValueError) as e:
-        trainer.restore_trained(workdir)
+        workdir_lib.restore_params(workdir)
     assert str(e.value) == (f"{bad}: its sha256 differs from the one in {MANIFEST}, so step 2 is corrupted, and no "
                             f"older intact step remains in {workdir / 'checkpoints'}")
 
@@ -152,9 +153,9 @@ def test_a_non_finite_loss_stops_before_any_save(tmp_path, monkeypatch):
     _nan_at(monkeypatch, {3})
     config = tiny_config(**{"train.num_steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 1})
     with pytest.raises(FloatingPointError, match=r"^step 3: the loss is nan and grad_norm is nan, so training stopped without saving"):
-        trainer.train(config, tmp_path / "w", devices=jax.devices()[:1])
+        loop.train(config, tmp_path / "w", devices=jax.devices()[:1])
     assert _steps(tmp_path / "w") == [2]  # keep-N did not drop the good step for a bad one
-    _, params, _, _ = trainer.restore_trained(tmp_path / "w")
+    params = workdir_lib.restore_params(tmp_path / "w").params
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
 
 
@@ -162,11 +163,11 @@ def test_tolerated_non_finite_steps_skip_the_update(tmp_path, monkeypatch, capsy
     _nan_at(monkeypatch, {3, 5, 6})
     config = tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 2, "train.max_nonfinite_steps": 1})
     with pytest.raises(FloatingPointError, match=r"^step 6: the loss is nan and grad_norm is nan, .*\(2 in a row, more than train\.max_nonfinite_steps=1\)$"):
-        trainer.train(config, tmp_path / "w", devices=jax.devices()[:1])
+        loop.train(config, tmp_path / "w", devices=jax.devices()[:1])
     assert "step 3: the loss is nan and grad_norm is nan; its update was skipped" in capsys.readouterr().out
     assert _steps(tmp_path / "w") == [2, 4]  # step 4 came after a skipped step: saved, finite
-    tokenizer = trainer.load_tokenizer(config, None)
-    run = trainer.build_run(config, tokenizer, len(tokenizer), config.train.num_steps, devices=jax.devices()[:1])
+    tokenizer = run_lib.load_tokenizer(config, None)
+    run = run_lib.build_run(config, tokenizer, len(tokenizer), config.train.num_steps, devices=jax.devices()[:1])
     with run.checkpointer(tmp_path / "w") as ckpt:
         state, meta = ckpt.restore(4, run.abstract_state())
     assert meta["step"] == 4 and int(state["step"]) == 4
@@ -174,15 +175,15 @@ def test_tolerated_non_finite_steps_skip_the_update(tmp_path, monkeypatch, capsy
 
 
 def test_export_refuses_non_finite_tensors_and_writes_nothing(workdir, tmp_path, monkeypatch):
-    restore = trainer.restore_trained
+    restore = workdir_lib.restore_params
 
     def with_a_nan(*args, **kwargs):
-        model, params, tokenizer, config = restore(*args, **kwargs)
-        q = params["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
-        params["model"]["layers"]["self_attn"]["q_proj"]["kernel"] = q.at[1, 0, 0].set(np.inf)
-        return model, params, tokenizer, config
+        restored = restore(*args, **kwargs)
+        q = restored.params["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
+        restored.params["model"]["layers"]["self_attn"]["q_proj"]["kernel"] = q.at[1, 0, 0].set(np.inf)
+        return restored
 
-    monkeypatch.setattr(trainer, "restore_trained", with_a_nan)
+    monkeypatch.setattr(workdir_lib, "restore_params", with_a_nan)
     with pytest.raises(ValueError, match=r"^params: tensor model\.layers\.1\.self_attn\.q_proj\.weight .* non-finite"):
         export_mod.export(workdir, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
@@ -209,17 +210,17 @@ def _snapshot(workdir):
 def test_a_refused_resume_leaves_run_config_and_tokenizer_as_they_were(workdir):
     before = _snapshot(workdir)
     with pytest.raises(ValueError, match="hidden_size=32, but the config says 48"):
-        trainer.train(tiny_config(**{**BASE, "model.fresh.hidden_size": 48}), workdir, devices=jax.devices()[:1])
+        loop.train(tiny_config(**{**BASE, "model.fresh.hidden_size": 48}), workdir, devices=jax.devices()[:1])
     assert _snapshot(workdir) == before
 
     other = workdir.parent / "other.jsonl"  # the demo data less one record: another sha256
     lines = (workdir / "data_cache" / "process0" / "demo" / "train.jsonl").read_text().splitlines(keepends=True)
     other.write_text("".join(lines[1:]))
     with pytest.raises(ValueError, match="trained on data with sha256"):
-        trainer.train(tiny_config(**{**BASE, "data.synthetic": False, "data.train": str(other)}), workdir,
+        loop.train(tiny_config(**{**BASE, "data.synthetic": False, "data.train": str(other)}), workdir,
                       devices=jax.devices()[:1])
     assert _snapshot(workdir) == before
-    trainer.restore_trained(workdir)  # still the workdir its checkpoints describe
+    workdir_lib.restore_params(workdir)  # still the workdir its checkpoints describe
 
 
 # ----------------------------------------------------------------------------- a full disk

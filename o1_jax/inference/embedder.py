@@ -13,38 +13,37 @@ Formats are the training ones: documents `{title} {text}<emb>`, queries without 
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 import transformers
-from etils import epath
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o1_jax import hf, objective, trainable, trainer
+from o1_jax import defaults, forward, hf, model_specs, sharding
 from o1_jax.data import formatting
 from o1_jax.inference.generate import Sampling, generate
 from o1_jax.models.llama import LlamaForCausalLM
+from o1_jax.models.vocab import resize_vocab
+from o1_jax.training import workdir as workdir_lib
 
 AGGREGATIONS = ("mean_normalized", "mean")
 
 
 @functools.lru_cache(maxsize=8)
 def _embed_fn(model: LlamaForCausalLM):
-    return jax.jit(lambda params, ids, mask: objective.embed(model, params, ids, mask))
+    return jax.jit(lambda params, ids, mask: forward.embed(model, params, ids, mask))
 
 
 class O1Embedder:
     def __init__(self, model: LlamaForCausalLM, params, tokenizer, *, max_query_tokens: int = 64,
                  max_thought_tokens: int = 128, max_doc_tokens: int = 256, batch_size: int = 32,
+                 think_temperature: float = defaults.THINK_TEMPERATURE, think_top_p: float = defaults.THINK_TOP_P,
                  devices: Sequence[jax.Device] | None = None):
         # Data parallel over this process's devices: parameters replicated, batch rows split.
         devices = list(devices or jax.local_devices())
-        mesh = Mesh(np.asarray(devices), ("data",))
-        self._rows = NamedSharding(mesh, PartitionSpec("data"))
+        replicated, self._rows = sharding.data_parallel(devices)
         self.model, self.tokenizer = model, tokenizer
-        self.params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+        self.params = jax.device_put(params, replicated)  # a no-op for parameters restored onto it
         batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
         self.special = formatting.add_special_tokens(tokenizer)
         if max(self.special.values()) >= model.cfg.vocab_size:
@@ -53,29 +52,36 @@ class O1Embedder:
         self.formatter = formatting.Formatter(tokenizer, max_query_tokens, max_thought_tokens, max_doc_tokens)
         self.batch_size = batch_size
         self.max_thought_tokens = max_thought_tokens
+        self.think_temperature, self.think_top_p = think_temperature, think_top_p
 
     @classmethod
-    def from_pretrained(cls, path: str | pathlib.Path, dtype: str = "float32", **kwargs) -> "O1Embedder":
-        """A training workdir (its latest checkpoint; local or a URL such as gs://...) or a local HF folder
-        (special tokens added if missing)."""
-        workdir = epath.Path(path)
-        if trainer.is_remote(workdir) or (workdir / trainer.RUN_CONFIG).is_file():
-            model, params, tokenizer, config = trainer.restore_trained(workdir)
+    def from_pretrained(cls, path, dtype: str = "float32", devices: Sequence[jax.Device] | None = None,
+                        **kwargs) -> "O1Embedder":
+        """A training workdir (its latest intact checkpoint, parameters only; local or a URL such as
+        gs://...), or an HF folder (special tokens added if missing); `path` is any model spec
+        (o1_jax.model_specs: also shipped:NAME, package:MOD/dir). `kwargs` override the run's
+        length limits and sampling (the keyword arguments of `O1Embedder`)."""
+        folder = model_specs.resolve(path, "path")
+        devices = list(devices or jax.local_devices())
+        if workdir_lib.is_workdir(folder):
+            replicated, _ = sharding.data_parallel(devices)
+            restored = workdir_lib.restore_params(folder, devices=devices, shardings=replicated)
+            model = restored.model
             if dtype != model.cfg.dtype:
                 model = LlamaForCausalLM(model.cfg.replace(dtype=dtype))
-            d = config.data
-            defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
-                            max_doc_tokens=d.max_doc_tokens)
-            return cls(model, params, tokenizer, **{**defaults, **kwargs})
-        path = pathlib.Path(path)
-        model, params = hf.load_pretrained(path, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            d, e = restored.config.data, restored.config.get("eval", {})
+            run_defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
+                                max_doc_tokens=d.max_doc_tokens, think_temperature=e.get("temperature", defaults.THINK_TEMPERATURE),
+                                think_top_p=e.get("top_p", defaults.THINK_TOP_P))
+            return cls(model, restored.params, restored.tokenizer, devices=devices, **{**run_defaults, **kwargs})
+        model, params = hf.load_pretrained(folder, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         known = len(tokenizer)
         ids = sorted(formatting.add_special_tokens(tokenizer).values())
         if len(tokenizer) > known or max(ids) >= model.cfg.vocab_size:  # a plain LLM: give it the O1 tokens
-            params, cfg = trainable.resize_vocab(params, model.cfg, len(tokenizer), ids, min(known, model.cfg.vocab_size))
+            params, cfg = resize_vocab(params, model.cfg, len(tokenizer), ids, min(known, model.cfg.vocab_size))
             model = LlamaForCausalLM(cfg)
-        return cls(model, params, tokenizer, **kwargs)
+        return cls(model, params, tokenizer, devices=devices, **kwargs)
 
     def _shard(self, *arrays):
         return [jax.device_put(np.asarray(a), self._rows) for a in arrays]
@@ -103,10 +109,12 @@ class O1Embedder:
     # ------------------------------------------------------------------ queries
 
     def default_sampling(self, k: int) -> Sampling:
-        """The original's inference sampling (temperature 0.1, top-p 0.9); greedy for one thought."""
+        """Greedy for one thought; for k > 1, temperature + top-p sampling at `think_temperature` and
+        `think_top_p` (the run's `eval.temperature` / `eval.top_p`; by default the original's 0.1 and 0.9)."""
         if k <= 1:
             return Sampling(max_new_tokens=self.max_thought_tokens)
-        return Sampling(max_new_tokens=self.max_thought_tokens, temperature=0.1, top_p=0.9)
+        return Sampling(max_new_tokens=self.max_thought_tokens, temperature=self.think_temperature,
+                        top_p=self.think_top_p)
 
     def _generate(self, queries: Sequence[str], k: int, sampling: Sampling | None, seed: int, embed: bool):
         """Each query is prefilled once and its k thoughts share that cache: rows i*k .. i*k+k-1."""
