@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
+
+from o1_jax.files import atomic_write_json
 
 
 def cpu_model() -> str:
@@ -28,6 +29,11 @@ def current_rss_gib() -> float:
 
 
 def peak_rss_gib() -> float:
+    """This process's peak RSS: VmHWM, which exec resets (ru_maxrss would carry a forking parent's over)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
@@ -42,8 +48,5 @@ def describe_machine() -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Results to `path`, whole or not at all (written to a temporary name, then renamed)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """Results to `path`, whole or not at all (o1_jax.files)."""
+    atomic_write_json(path, obj)

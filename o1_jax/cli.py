@@ -25,6 +25,8 @@ from typing import Callable, NoReturn
 from absl import app, flags
 from etils import epath
 
+from o1_jax.files import is_remote
+
 # Exceptions that stop a command with one sentence: the input is wrong (the library names the file,
 # line or key; o1_jax.data.records.RecordError is a ValueError), the machine refused a write (an
 # OSError: a full disk, a read-only folder; the checkpointer names the step and folder), or training
@@ -120,10 +122,6 @@ def run_absl(main: Callable[[list[str]], int | None], argv: list[str] | None = N
 # ----------------------------------------------------------------------------- outputs
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def check_writable(folder: str | os.PathLike, output: str | os.PathLike | None = None) -> None:
     """Raises unless `folder` exists or can be created, and a file can be written in it.
 
@@ -169,6 +167,6 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, *, folder: bo
                 raise FileExistsError(f"{text}: already exists; pass {flag} to replace it")
             if any(p.iterdir()):  # an empty folder is as good as none
                 raise FileExistsError(f"{text}: exists and is not empty; pass {flag} to replace it")
-    if _is_url(text):
+    if is_remote(text):
         return
     check_writable(text if (exists and folder and resumable) else os.path.dirname(os.path.abspath(text)), text)

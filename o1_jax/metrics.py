@@ -41,7 +41,10 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 from tqdm import tqdm
+
+from o1_jax.files import is_remote
 
 __all__ = ["MetricWriter", "ProgressBar", "format_value", "mfu", "peak_flops_per_device"]
 
@@ -247,9 +250,7 @@ class MetricWriter:
         if not enabled:
             return
         workdir = os.fspath(workdir)
-        if "://" in workdir:
-            from etils import epath
-
+        if is_remote(workdir):
             self._remote = epath.Path(workdir)
             self._local = tempfile.mkdtemp(prefix="o1_jax_metrics.")
             earlier = self._remote / "metrics.jsonl"
