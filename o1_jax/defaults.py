@@ -1,4 +1,5 @@
-"""Default values of every config key; each file in configs/ starts from these and changes a few.
+"""Default values of every config key (training, evaluation, and synthesis beside them); each file
+in configs/ starts from these and changes a few.
 
 Keeping the defaults in the package (not in configs/) lets a config file live anywhere
 and still be complete; the config is locked, so a misspelt override is an error.
@@ -152,6 +153,35 @@ MEANINGS = {
     "distributed.process_id": "this process's index",
     "distributed.local_device_count": "devices of this process (local_device_ids 0..N-1); 0 = all it sees",
 }
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Every key of `python -m o1_jax.evaluate` (configs/eval_beir.py starts from these)."""
+    c = ml_collections.ConfigDict()
+    # kind: o1 (path: a training workdir or HF folder), dense (path: a sentence-transformers folder or
+    # package:NAME/sub/folder; exact search) or bm25 (bm25s, no path). Baselines need c.output.
+    c.model = ml_collections.ConfigDict(dict(kind="o1", path="", dtype="float32"))
+    c.data = ml_collections.ConfigDict(dict(path="", split="test"))  # BEIR folder
+    c.modes = ("no_think", "think")  # o1 only; also "think:K" for K thoughts
+    c.num_thoughts = 3  # k thoughts per query in "think" mode (the original used 3)
+    # Sampling of k > 1 thoughts; None: the model's own (its run's eval.temperature / eval.top_p,
+    # for an HF folder THINK_TEMPERATURE / THINK_TOP_P).
+    c.temperature = None
+    c.top_p = None
+    c.compare_scann = False  # also search a ScaNN index; report its metrics and top-10 recall vs exact
+    # Token limits (0: the model's own, from its training config; an HF folder: 64 / 128 / 256).
+    c.max_query_tokens = 0
+    c.max_thought_tokens = 0
+    c.max_doc_tokens = 0
+    c.aggregate = "mean_normalized"  # or "mean", as the original
+    c.top_k = 1000
+    c.index_mode = "auto"  # exact below 20k documents, ScaNN above
+    c.max_queries = 0  # 0 = all judged queries
+    c.batch_size = 0  # 0 = the embedder's default
+    c.seed = 0
+    c.cache_dir = ""  # corpus encodings; "" = <model path>/eval/cache
+    c.output = ""  # "" = <model path>/eval/<folder>-<split>.json
+    return c
 
 
 def leaves(config: ml_collections.ConfigDict, prefix: str = ""):

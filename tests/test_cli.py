@@ -373,6 +373,9 @@ def test_every_config_key_has_a_meaning_and_is_listed(capsys):
     ("optimizer.b2", 1.0, "[0, 1)"),
     ("train.num_steps", -5, "0 (run train.num_epochs)"),
     ("mesh.shape", (1, -1, -1), "three sizes"),
+    ("eval.temperature", -0.1, "a number >= 0"),
+    ("eval.top_p", 0.0, "a probability in (0, 1]"),
+    ("eval.top_p", 1.5, "a probability in (0, 1]"),
 ])
 def test_impossible_config_values_name_their_key(key, value, words):
     config = defaults.train_config()

@@ -88,6 +88,19 @@ def test_plan_on_cpu_devices_reports_memory_and_fit():
     assert result.flops_per_step > 0 and result.trainable == result.params
     tight = plan.plan(config, jax.devices()[:8], "8 CPU devices", hbm_gib=result.peak_gib / 2)
     assert tight.fits is False and "GiB over" in tight.summary()
+    assert result.replicated == [] and "replicated instead of sharded" not in result.summary()
+
+
+def test_plan_reports_what_the_mesh_could_not_divide():
+    """The demo's vocabulary (191 words + 4 O1 tokens) does not split over tensor=4: its rows stay whole."""
+    config = _config("demo.py", "short")
+    config.mesh.shape = (1, 2, 4)
+    result = plan.plan(config, jax.devices()[:8], "8 CPU devices")
+    assert result.replicated == ["model/embed_tokens/embedding dim 0 (size 195) is replicated: mesh axes tensor "
+                                 "(4 devices) do not divide it"]
+    assert "replicated instead of sharded (1): model/embed_tokens/embedding dim 0" in result.summary()
+    config.mesh.shape = (1, 8, 1)  # the fsdp axis shards the hidden dimension (128), which 8 divides
+    assert plan.plan(config, jax.devices()[:8], "8 CPU devices").replicated == []
 
 
 def test_plan_of_an_absent_model_folder_without_architecture_is_a_clear_error():

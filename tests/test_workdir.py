@@ -1,7 +1,9 @@
 """The workdir format: parameters-only restore, workdirs written before the training/ split, model
 specs, and file publishing (o1_jax.files)."""
 
+import json
 import os
+import shutil
 import pathlib
 import stat
 
@@ -144,3 +146,17 @@ def test_a_remote_folder_without_its_commit_file_is_not_read(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError, match=r"no commit_success.txt, so its upload was cut off"):
         with files.local_copy(out):
             pass
+
+
+def test_thinking_samples_at_the_runs_eval_temperature_and_top_p(tmp_path):
+    emb = O1Embedder.from_pretrained(OLD / "full")  # written before these keys: the original's 0.1 / 0.9
+    assert (emb.default_sampling(3).temperature, emb.default_sampling(3).top_p) == (0.1, 0.9)
+    assert emb.default_sampling(1).temperature == 0  # one thought is greedy
+    copy = tmp_path / "w"
+    shutil.copytree(OLD / "full", copy)
+    saved = json.loads((copy / "run_config.json").read_text())
+    saved["config"]["eval"].update(temperature=0.3, top_p=0.8)
+    (copy / "run_config.json").write_text(json.dumps(saved))
+    emb = O1Embedder.from_pretrained(copy)
+    assert (emb.default_sampling(3).temperature, emb.default_sampling(3).top_p) == (0.3, 0.8)
+    assert O1Embedder.from_pretrained(copy, think_temperature=0.5).default_sampling(2).temperature == 0.5
