@@ -29,7 +29,7 @@ from o1_jax.retrieval.evaluate import (
     evaluate_dense,
     format_table,
 )
-from o1_jax.trainer import is_remote, local_cache_for
+from o1_jax.files import is_remote, local_cache_for
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an evaluation config (configs/eval_beir.py, whose comments say what each key means).",

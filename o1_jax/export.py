@@ -445,11 +445,12 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
     evals = read_eval_results(workdir)
     step = resolve_step(workdir, step)
 
-    from o1_jax import trainer
     from o1_jax.data import formatting
     from o1_jax.hf import convert
+    from o1_jax.training import workdir as workdir_lib
 
-    model, params, tokenizer, config = trainer.restore_trained(workdir, step, devices=_devices(saved, run_config))
+    restored = workdir_lib.restore_params(workdir, step, devices=_devices(saved, run_config))
+    model, params, tokenizer, config = restored.model, restored.params, restored.tokenizer, restored.config
     d = config.data
     formatter = formatting.Formatter(tokenizer, d.max_query_tokens, d.max_thought_tokens, d.max_doc_tokens)
     tokenizer = causal_lm_tokenizer(tokenizer)

@@ -17,7 +17,8 @@ import transformers
 import yaml
 
 from o1_jax import export as export_mod
-from o1_jax import objective, trainer
+from o1_jax import forward
+from o1_jax.training import loop, workdir as workdir_lib
 from o1_jax.data import synthetic
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.models.llama import default_positions
@@ -53,7 +54,7 @@ def quick_compiles():
 def _train(workdir, **changes):
     # Two steps, a checkpoint at each; trained on one device, restored by export onto all eight (mesh (1, -1, 1)).
     config = tiny_config(**{"train.num_steps": 2, "train.checkpoint_every": 1, "eval.at_end": False, **changes})
-    trainer.train(config, workdir, devices=jax.devices()[:1])
+    loop.train(config, workdir, devices=jax.devices()[:1])
     return workdir
 
 
@@ -78,7 +79,8 @@ def exported(tmp_path_factory):
 
 @functools.cache
 def _o1(workdir, step=None):
-    model, params, tokenizer, config = trainer.restore_trained(workdir, step)
+    restored = workdir_lib.restore_params(workdir, step)
+    model, params, tokenizer, config = restored.model, restored.params, restored.tokenizer, restored.config
     d = config.data
     return O1Embedder(model, params, tokenizer, max_query_tokens=d.max_query_tokens,
                       max_thought_tokens=d.max_thought_tokens, max_doc_tokens=d.max_doc_tokens)
@@ -189,7 +191,7 @@ def test_model_card_has_config_evaluation_tokens_formats_and_working_snippets(ex
     f = emb.formatter
     thought_ids = emb.tokenizer(namespace["thought"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
     ids = np.asarray([f.prompt_ids(q) + thought_ids + [f.eos_id, f.emb_id]], np.int32)
-    with_thought = np.asarray(objective.embed(emb.model, emb.params, ids, np.ones_like(ids)))
+    with_thought = np.asarray(forward.embed(emb.model, emb.params, ids, np.ones_like(ids)))
     np.testing.assert_allclose(namespace["query_emb"][0], with_thought[0], atol=1e-5)
     np.testing.assert_allclose(namespace["doc_emb"], emb.encode_corpus(namespace["docs"]), atol=1e-5)
     assert namespace["scores"].shape == (1, len(namespace["docs"]))

@@ -336,7 +336,7 @@ def _only(config, name):
 
 
 def test_the_output_trains_two_steps(tmp_path, smollm2_path):
-    from o1_jax import trainer
+    from o1_jax.training import loop
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import tiny_config
 
@@ -348,7 +348,7 @@ def test_the_output_trains_two_steps(tmp_path, smollm2_path):
     config = tiny_config(**{"data.synthetic": False, "data.train": str(out), "model.tokenizer": str(smollm2_path),
                             "train.num_steps": 2, "train.checkpoint_every": 2, "eval.at_end": False,
                             "data.group_size": 4, "mesh.shape": (1, 1, 1)})
-    result = trainer.train(config, tmp_path / "work", devices=jax.devices()[:1])
+    result = loop.train(config, tmp_path / "work", devices=jax.devices()[:1])
     assert [h["step"] for h in result.history] == [1, 2]
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
