@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from machine import cpu_model, peak_rss_gib  # benchmarks/machine.py, next to this file
 
-from o1_jax.retrieval.index import Index, exact_search, recall_at_k
+from o1_jax.retrieval.vector_index import Index, exact_search, recall_at_k
 
 LEAVES_FRACTIONS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)
 REORDERS = (100, 250)

@@ -42,7 +42,7 @@ from machine import (  # benchmarks/machine.py, next to this file
     write_json,
 )
 
-from o1_jax.data import prepare
+from o1_jax.data import beir, prepare
 from o1_jax.hf import fetch
 from o1_jax.synthesis.expert import FewShotPool, GenerationSettings, LlamaExpert
 
@@ -71,7 +71,7 @@ def main() -> None:
     thread_counts = [int(x) for x in args.torch_threads.split(",")]
     load_before = os.getloadavg()[0]
 
-    corpus, queries, qrels = prepare.load_beir(args.beir, "train")
+    corpus, queries, qrels = beir.load_beir(args.beir, "train")
     records = prepare.build_records(corpus, queries, qrels, negatives=0, depth=1, seed=0)
     picked = [records[int(i)] for i in np.linspace(0, len(records) - 1, args.queries).round()]
 

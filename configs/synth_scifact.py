@@ -13,11 +13,11 @@ Variants: `:quick` (16 records, 2 candidates, 48 new tokens: a smoke run on a CP
 
 import ml_collections
 
-from o1_jax.synthesis.pipeline import default_config
+from o1_jax.defaults import synthesis_config
 
 
 def get_config(arg: str | None = None):
-    c = default_config()
+    c = synthesis_config()
     c.input = "scifact_train.jsonl"
     c.output = "scifact_train_thoughts.jsonl"
     c.num_candidates = 3

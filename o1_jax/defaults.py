@@ -184,6 +184,35 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
+def synthesis_config() -> ml_collections.ConfigDict:
+    """Every key of `python -m o1_jax.synthesize` (configs/synth_*.py start from these)."""
+    c = ml_collections.ConfigDict()
+    c.input = ""  # O1 JSONL records (o1_jax.data.prepare)
+    c.output = ""  # JSONL, appended to and resumed
+    c.seed = 0
+    c.num_candidates = 3
+    c.limit = 0  # only the first `limit` input records (0: all)
+    c.chunk_size = 64  # records per propose / score / write round
+    c.progress = True
+    c.expert = ml_collections.ConfigDict(dict(
+        model="shipped:smollm2-135m-instruct",  # an HF folder or shipped:NAME (o1_jax.hf.fetch)
+        dtype="float32",
+        batch_size=48,  # generated rows per compiled batch (batch_size // n prompts when they are shared)
+        fresh_examples=False,  # True: a prompt with its own examples per candidate (the original's rounds)
+        max_new_tokens=128,
+        temperature=0.7,
+        top_p=0.9,
+        bucket=64,  # prompt widths are rounded up to a multiple of this
+        num_examples=3,  # few-shot examples per prompt, from other records
+        example_max_words=64,  # each example passage is cut to this many words (0: whole)
+    ))
+    c.committee = ml_collections.ConfigDict()
+    c.committee.rule = "soft"  # soft | hard
+    c.committee.members = ml_collections.ConfigDict()
+    c.committee.members.bm25 = ml_collections.ConfigDict(dict(kind="bm25", weight=1.0, path=""))
+    return c
+
+
 def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
     """(dotted key, value) of every leaf of `config`, in definition order."""
     for key, value in config.items():

@@ -20,19 +20,18 @@ from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from o1_jax import cli
-from o1_jax.checkpoint import atomic_write_json
+from o1_jax import cli, model_specs
 from o1_jax.inference.embedder import O1Embedder
-from o1_jax.retrieval.evaluate import (
+from o1_jax.retrieval.beir_eval import (
     evaluate_beir,
     evaluate_bm25,
     evaluate_dense,
     format_table,
 )
-from o1_jax.files import is_remote, local_cache_for
+from o1_jax.files import atomic_write_json, is_remote, local_cache_for
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an evaluation config (configs/eval_beir.py, whose comments say what each key means).",
+    "config", None, "Path to an evaluation config (configs/eval_beir.py; every key, its default and meaning: o1_jax/defaults.py eval_config).",
     lock_config=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing results file")
 flags.mark_flags_as_required(["config"])
@@ -59,12 +58,8 @@ def check_config(config) -> None:
 
 
 def model_path(spec: str) -> str:
-    """A workdir, HF folder or URL as given; `shipped:NAME` / `package:NAME/sub` resolved to their local folder."""
-    if spec.startswith(("shipped:", "package:")):
-        from o1_jax.synthesis.committee import resolve_path
-
-        return str(resolve_path(spec))
-    return spec
+    """config.model.path resolved (o1_jax.model_specs): a workdir URL as given, a local folder checked."""
+    return str(model_specs.resolve(spec, "config.model.path"))
 
 
 def evaluate(config, path: str) -> dict:

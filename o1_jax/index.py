@@ -19,10 +19,10 @@ import sys
 import time
 
 from o1_jax import cli
-from o1_jax.data.prepare import load_corpus, load_queries
+from o1_jax.data.beir import load_corpus, load_queries
 from o1_jax.inference.embedder import O1Embedder
-from o1_jax.retrieval.evaluate import params_fingerprint
-from o1_jax.retrieval.index import Index
+from o1_jax.retrieval.beir_eval import params_fingerprint
+from o1_jax.retrieval.vector_index import Index
 
 
 def _embedding_info(embedder: O1Embedder) -> dict:

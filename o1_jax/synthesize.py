@@ -1,9 +1,9 @@
 """`python -m o1_jax.synthesize --config configs/synth_scifact.py --config.input=IN --config.output=OUT`
 
 Adds committee-chosen thoughts to O1 records (resumable: rerun the same command after a kill).
-Every key, its default and its meaning: `default_config()` in o1_jax/synthesis/pipeline.py (each
-key is commented there), which also describes the output format. Bad input stops with one
-`error:` line and exit code 2.
+Every key, its default and its meaning: `synthesis_config()` in o1_jax/defaults.py (each
+key is commented there); o1_jax/synthesis/pipeline.py describes the output format. Bad input
+stops with one `error:` line and exit code 2.
 """
 
 import pathlib
@@ -16,7 +16,7 @@ from o1_jax.synthesis import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/synth_*.py[:variant]); every key is commented in "
-    "o1_jax/synthesis/pipeline.py default_config().", lock_config=True)
+    "o1_jax/defaults.py synthesis_config().", lock_config=True)
 
 
 def main(argv):

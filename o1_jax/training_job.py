@@ -13,7 +13,7 @@ from etils import epath
 
 from o1_jax.files import atomic_write_json
 from o1_jax.inference.embedder import O1Embedder
-from o1_jax.retrieval.evaluate import evaluate_beir, format_table
+from o1_jax.retrieval.beir_eval import evaluate_beir, format_table
 from o1_jax.training import trainable_params
 from o1_jax.training.loop import TrainResult, train
 

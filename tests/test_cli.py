@@ -25,7 +25,7 @@ from o1_jax.data import prepare, synthetic
 from o1_jax.hf import fetch
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
-from o1_jax.retrieval.index import Index
+from o1_jax.retrieval.vector_index import Index
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_synthesize_bad_input_and_help(tmp_path):
     ])
     _one_error_line(bad_input[0], bad_input[2], "bad.jsonl:2: malformed JSON")
     _one_error_line(under_file[0], under_file[2], "out.jsonl: cannot be written")
-    assert help_[0] == 0 and "default_config()" in help_[1]
+    assert help_[0] == 0 and "synthesis_config()" in help_[1]
 
 
 def test_plan_refuses_an_existing_json_before_compiling(tmp_path):

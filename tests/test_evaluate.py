@@ -13,7 +13,7 @@ from o1_jax import hf
 from o1_jax.data import synthetic
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
-from o1_jax.retrieval.evaluate import (
+from o1_jax.retrieval.beir_eval import (
     METRICS,
     evaluate_beir,
     evaluate_bm25,
@@ -21,7 +21,7 @@ from o1_jax.retrieval.evaluate import (
     ir_metrics,
     overlap_at,
 )
-from o1_jax.retrieval.index import Index
+from o1_jax.retrieval.vector_index import Index
 
 
 def test_metrics_match_hand_computation():
@@ -76,7 +76,7 @@ def test_evaluate_cli_writes_results(setup, tmp_path):
 
 
 def test_scifact_qrels_load_for_evaluation(shared_data):
-    from o1_jax.data.prepare import load_beir
+    from o1_jax.data.beir import load_beir
 
     corpus, queries, qrels = load_beir(shared_data / "scifact", "test")
     assert len(corpus) == 5183 and len(qrels) == 300

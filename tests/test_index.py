@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from o1_jax.retrieval import index as index_lib
-from o1_jax.retrieval.index import Index, IndexFolderError, exact_search, recall_at_k
+from o1_jax.retrieval import vector_index as index_lib
+from o1_jax.retrieval.vector_index import Index, IndexFolderError, exact_search, recall_at_k
 from tests.tolerances import reorder_atol
 
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from o1_jax.data import prepare
+from o1_jax.data import beir as beir_lib, prepare
+from o1_jax.retrieval.bm25 import BM25
 from o1_jax.data.records import RecordError, doc_text, read_records
 
 DOCS = {
@@ -37,7 +38,7 @@ def make_beir(folder, docs=DOCS, queries=QUERIES, qrels=QRELS, header="query-id\
 
 
 def test_load_beir(tmp_path):
-    corpus, queries, qrels = prepare.load_beir(make_beir(tmp_path), "train")
+    corpus, queries, qrels = beir_lib.load_beir(make_beir(tmp_path), "train")
     assert corpus["d3"] == {"title": "", "text": "Solar heating warms water with sunlight."}
     assert len(corpus) == 8 and queries["q2"] == "does green tea contain caffeine"
     assert qrels == {"q1": {"d1": 1}, "q2": {"d6": 2, "d7": 0}, "q3": {"d4": 0}}
@@ -66,7 +67,7 @@ def test_records_and_hard_negatives(tmp_path, capsys):
 
 def test_short_bm25_lists_filled_by_seed(tmp_path):
     beir = make_beir(tmp_path / "beir")
-    corpus, queries, qrels = prepare.load_beir(beir, "train")
+    corpus, queries, qrels = beir_lib.load_beir(beir, "train")
     # q2 matches only d6 (its positive) and d7 is judged 0: BM25 hits are "caffeine"/"tea" docs only.
     a = prepare.build_records(corpus, queries, qrels, negatives=5, depth=5, seed=0)
     b = prepare.build_records(corpus, queries, qrels, negatives=5, depth=5, seed=0)
@@ -80,12 +81,12 @@ def test_short_bm25_lists_filled_by_seed(tmp_path):
         assert not {doc_text(d) for d in r["pos"]} & set(texts)
 
 
-def test_bm25_matches_bm25s_retrieve(tmp_path):
+def test_bm25_top_matches_bm25s_retrieve(tmp_path):
     import bm25s
 
-    texts = [doc_text(d) for d in prepare.load_corpus(make_beir(tmp_path) / "corpus.jsonl").values()]
+    texts = [doc_text(d) for d in beir_lib.load_corpus(make_beir(tmp_path) / "corpus.jsonl").values()]
     queries = list(QUERIES.values())[:3]
-    ours = prepare.bm25_candidates(texts, queries, depth=4)
+    ours = BM25(texts).top(queries, depth=4)
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     docs, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False),
@@ -111,7 +112,7 @@ def test_bad_beir_names_file_and_line(tmp_path, where, content, line, expected):
     beir = make_beir(tmp_path)
     (beir / where).write_text(content)
     with pytest.raises(RecordError) as err:
-        prepare.load_beir(beir, "train")
+        beir_lib.load_beir(beir, "train")
     msg = str(err.value)
     assert msg.startswith(f"{beir / where}:{line}: "), msg
     assert expected in msg
@@ -120,12 +121,12 @@ def test_bad_beir_names_file_and_line(tmp_path, where, content, line, expected):
 def test_missing_files(tmp_path):
     beir = make_beir(tmp_path / "beir")
     with pytest.raises(RecordError, match=r"test\.tsv: no such file"):
-        prepare.load_beir(beir, "test")
+        beir_lib.load_beir(beir, "test")
     (beir / "queries.jsonl").unlink()
     with pytest.raises(RecordError, match=r"queries\.jsonl: no such file"):
-        prepare.load_beir(beir, "train")
+        beir_lib.load_beir(beir, "train")
     with pytest.raises(RecordError, match="no such folder"):
-        prepare.load_beir(tmp_path / "nowhere", "train")
+        beir_lib.load_beir(tmp_path / "nowhere", "train")
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
@@ -143,7 +144,7 @@ def test_scifact_train(shared_data, tmp_path):
     records = read_records(out)
     assert len(records) == 809
     assert sum(len(r["pos"]) for r in records) == 919
-    corpus, _, qrels = prepare.load_beir(beir, "train")
+    corpus, _, qrels = beir_lib.load_beir(beir, "train")
     text_to_id = {doc_text(d): did for did, d in corpus.items()}
     for r in records:
         assert len(r["neg"]) == 15
@@ -155,7 +156,7 @@ def test_max_queries_is_a_seeded_subset_in_qrels_order(tmp_path):
     docs = {f"d{i}": (f"Topic {i}", f"Document {i} about subject {i}.") for i in range(12)}
     queries = {f"q{i}": f"subject {i}" for i in range(10)}
     qrels = [(f"q{i}", f"d{i}", 1) for i in range(10)]
-    corpus, queries, qrels = prepare.load_beir(make_beir(tmp_path, docs, queries, qrels), "train")
+    corpus, queries, qrels = beir_lib.load_beir(make_beir(tmp_path, docs, queries, qrels), "train")
     full = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0)
     a = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0, max_queries=4)
     b = prepare.build_records(corpus, queries, qrels, negatives=2, depth=5, seed=0, max_queries=4)

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from o1_jax.data.records import doc_text  # one definition; re-exported, formatting is where batches use it
+
 __all__ = [
     "SPECIAL_TOKENS",
     "add_special_tokens",
@@ -33,6 +35,7 @@ __all__ = [
     "Formatter",
     "sequence_lengths",
     "train_batch_shapes",
+    "round_up",
 ]
 
 SPECIAL_TOKENS = ("<query>", "</query>", "<thought>", "<emb>")
@@ -57,15 +60,6 @@ def _special_ids(tokenizer) -> dict[str, int]:
             "o1_jax.data.formatting.add_special_tokens(tokenizer) (and resize the model's embedding) first."
         )
     return {t: int(vocab[t]) for t in SPECIAL_TOKENS}
-
-
-def doc_text(doc: Any) -> str:
-    """A passage as text: `title + " " + text` stripped (BEIR style), or the string itself."""
-    if isinstance(doc, str):
-        return doc.strip()
-    if isinstance(doc, dict):
-        return (str(doc.get("title") or "") + " " + str(doc.get("text") or "")).strip()
-    raise TypeError(f"a document must be a str or a dict with 'title'/'text', got {type(doc).__name__}.")
 
 
 def build_example(
@@ -127,7 +121,8 @@ class QueryTokens(NamedTuple):
     gen_positions: list[int]
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n (0 stays 0; every caller pads a length >= 1)."""
     return -(-n // multiple) * multiple
 
 
@@ -232,7 +227,7 @@ class Formatter:
 
     def _bucket_len(self, rows: list[list[int]], cap: int) -> int:
         longest = max((len(r) for r in rows), default=1)
-        return min(cap, _round_up(longest, self.bucket))
+        return min(cap, round_up(longest, self.bucket))
 
     # ---- batches ----
 

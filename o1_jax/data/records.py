@@ -10,13 +10,13 @@ are kept as they are. A doc is a string or a {"title": str, "text": str} object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import pathlib
-import uuid
 from typing import Any, Iterable, Iterator
+
+from o1_jax.files import atomic_open
 
 # Keys read_records gives every record; anything else in a line is passed through.
 KNOWN_KEYS = ("id", "query", "pos", "neg", "thought", "all_thought", "pos_scores", "neg_scores")
@@ -56,9 +56,13 @@ def normalize_doc(doc: Any) -> dict:
 
 
 def doc_text(doc: Any) -> str:
-    """The string the model sees for a document: `title + " " + text`, stripped (BEIR's convention)."""
-    doc = normalize_doc(doc)
-    return (doc["title"] + " " + doc["text"]).strip()
+    """The string the model sees for a document: `title + " " + text`, stripped (BEIR's convention);
+    a missing or null title or text counts as empty, a string is the document itself."""
+    if isinstance(doc, str):
+        return doc.strip()
+    if isinstance(doc, dict):
+        return (str(doc.get("title") or "") + " " + str(doc.get("text") or "")).strip()
+    raise RecordError(f"a document must be a string or a {{\"title\": str, \"text\": str}} object, got {_short(doc)}.")
 
 
 def _scores(value: Any, n: int, key: str, docs_key: str, where: str) -> list[float] | None:
@@ -160,26 +164,6 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not records:
         raise RecordError(f"{path}: no records (expected one JSON object per line).")
     return records
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside `path`, renamed onto it only if the block succeeds."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name beside the target (same filesystem, so os.replace is atomic); plain
-    # open() so the file gets the usual umask permissions, unlike mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_records(records: Iterable[dict], path: str | os.PathLike) -> int:

@@ -29,13 +29,12 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import uuid
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from o1_jax.data.records import RecordError, read_records
+from o1_jax.files import staged_folder
 
 DATASET_NAME = "o1_records"
 SPLIT = "train"
@@ -96,26 +95,6 @@ def _is_ours(folder: pathlib.Path) -> bool:
     return False
 
 
-def _replace_folder(tmp: pathlib.Path, out: pathlib.Path) -> None:
-    """Move the finished `tmp` onto `out`; an existing `out` is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        if not _is_ours(out):
-            raise RecordError(
-                f"{out}: exists and is not a record folder written by write_dataset (refusing to replace it)."
-            )
-        old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)  # put the previous dataset back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_dataset(
     records: Iterable[dict], out_dir: str | os.PathLike, num_shards: int = 1, fingerprint: dict | None = None
 ) -> pathlib.Path:
@@ -128,15 +107,8 @@ def write_dataset(
         raise ValueError(f"{out}: num_shards must be between 1 and the number of records ({len(records)}), got {num_shards}.")
     if out.exists() and not _is_ours(out):
         raise RecordError(f"{out}: exists and is not a record folder written by write_dataset (refusing to replace it).")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with staged_folder(out, may_replace=_is_ours) as tmp:
         _write_folder(records, tmp, num_shards, fingerprint)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

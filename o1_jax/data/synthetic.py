@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from o1_jax.files import atomic_write_text
+
 __all__ = [
     "RELATIONS",
     "ATTRIBUTES",
@@ -296,18 +298,6 @@ def make_test_split(num_test: int, seed: int) -> dict:
 
 # ---- files ----
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -323,10 +313,10 @@ def write_demo_data(out_dir: str | os.PathLike, seed: int, num_train: int, num_t
     """
     out = pathlib.Path(out_dir)
     test = make_test_split(num_test, seed)
-    _atomic_write(out / "train.jsonl", _jsonl(make_records(num_train, seed)))
-    _atomic_write(out / "corpus.jsonl", _jsonl(test["corpus"]))
-    _atomic_write(out / "queries.jsonl", _jsonl(test["queries"]))
-    _atomic_write(out / "test_thoughts.jsonl", _jsonl(test["thoughts"]))
+    atomic_write_text(out / "train.jsonl", _jsonl(make_records(num_train, seed)))
+    atomic_write_text(out / "corpus.jsonl", _jsonl(test["corpus"]))
+    atomic_write_text(out / "queries.jsonl", _jsonl(test["queries"]))
+    atomic_write_text(out / "test_thoughts.jsonl", _jsonl(test["thoughts"]))
     qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in test["qrels"])
-    _atomic_write(out / "qrels" / "test.tsv", qrels)
+    atomic_write_text(out / "qrels" / "test.tsv", qrels)
     return out

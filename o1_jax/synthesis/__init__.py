@@ -7,8 +7,8 @@
 
 from o1_jax.synthesis.committee import BM25Member, DenseMember, Member, O1Member, Vote, vote
 from o1_jax.synthesis.expert import Expert, FewShotPool, GenerationSettings, LlamaExpert, build_messages
-from o1_jax.synthesis.pipeline import default_config, read_inputs, run, summarize, synthesize
+from o1_jax.synthesis.pipeline import read_inputs, run, summarize, synthesize
 
 __all__ = ["BM25Member", "DenseMember", "Expert", "FewShotPool", "GenerationSettings", "LlamaExpert", "Member",
-           "O1Member", "Vote", "build_messages", "default_config", "read_inputs", "run", "summarize",
+           "O1Member", "Vote", "build_messages", "read_inputs", "run", "summarize",
            "synthesize", "vote"]

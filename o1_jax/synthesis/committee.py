@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import importlib.util
-import pathlib
 from typing import Sequence
 
 import numpy as np
 
 from o1_jax.data.records import doc_text
+from o1_jax.inference.embedder import O1Embedder
+from o1_jax.retrieval.bm25 import BM25
+from o1_jax.retrieval.dense import DenseEncoder
 
 RULES = ("soft", "hard")
 KINDS = ("bm25", "dense", "o1")
@@ -93,17 +94,10 @@ class BM25Member(Member):
         self.k1, self.b = k1, b
 
     def similarities(self, records, candidates):
-        import bm25s
-
         out = []
         for record, thoughts in zip(records, candidates):
             pos, neg = record_pool(record)
-            docs = pos + neg
-            retriever = bm25s.BM25(k1=self.k1, b=self.b)
-            retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
-            queries = bm25s.tokenize(list(thoughts), stopwords="en", return_ids=False, show_progress=False)
-            # A thought with no indexable word scores 0 everywhere (bm25s rejects an empty query).
-            scores = np.stack([retriever.get_scores(q) if q else np.zeros(len(docs)) for q in queries])
+            scores = BM25(pos + neg, k1=self.k1, b=self.b).scores(list(thoughts))  # [n, P + N]
             out.append((scores[:, :len(pos)], scores[:, len(pos):]))
         return out
 
@@ -152,21 +146,14 @@ class DenseMember(_EmbeddingMember):
 
     def __init__(self, path: str, name: str = "dense", weight: float = 1.0, batch_size: int = 64):
         super().__init__(name, weight)
-        from sentence_transformers import SentenceTransformer
-
-        self.path = resolve_path(path)
-        self.model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
-        self.batch_size = batch_size
-
-    def _encode(self, texts):
-        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        self.encoder = DenseEncoder(path, batch_size=batch_size, key=f"config.committee.members.{name}.path")
+        self.path = self.encoder.path
 
     def embed_queries(self, texts):
-        return self._encode(texts)
+        return self.encoder.encode(texts)
 
     def embed_docs(self, texts):
-        return self._encode(texts)
+        return self.encoder.encode(texts)
 
 
 class O1Member(_EmbeddingMember):
@@ -174,34 +161,13 @@ class O1Member(_EmbeddingMember):
 
     def __init__(self, path: str, name: str = "o1", weight: float = 1.0, batch_size: int = 32):
         super().__init__(name, weight)
-        from o1_jax.inference.embedder import O1Embedder
-
-        self.embedder = O1Embedder.from_pretrained(resolve_path(path), batch_size=batch_size)
+        self.embedder = O1Embedder.from_pretrained(path, batch_size=batch_size)
 
     def embed_queries(self, texts):
         return self.embedder.encode_queries(texts, num_thoughts=0)
 
     def embed_docs(self, texts):
         return self.embedder.encode_corpus(texts)
-
-
-def resolve_path(spec: str) -> pathlib.Path:
-    """A local folder, or `package:NAME/sub/folder`: a folder inside an installed Python package."""
-    if spec.startswith("package:"):
-        name, _, sub = spec[len("package:"):].partition("/")
-        found = importlib.util.find_spec(name)
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"{spec!r}: the Python package {name!r} is not installed")
-        path = pathlib.Path(list(found.submodule_search_locations)[0]) / sub
-    elif spec.startswith("shipped:"):
-        from o1_jax.hf import fetch
-
-        path = fetch.fetch(spec.split(":", 1)[1])
-    else:
-        path = pathlib.Path(spec).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{spec!r}: {path} is not a folder (expected a model folder)")
-    return path
 
 
 def build_member(name: str, spec) -> Member:

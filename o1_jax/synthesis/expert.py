@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
-import pathlib
 import zlib
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
+import transformers
 
+from o1_jax import hf, model_specs
+from o1_jax.data.formatting import round_up
 from o1_jax.data.records import doc_text
+from o1_jax.inference.generate import Sampling, generate
 
 SYSTEM_PROMPT = ("You are a helpful assistant. Answer the task directly: do not ask for clarification "
                  "and do not repeat the query.")
@@ -184,23 +187,6 @@ class Expert(abc.ABC):
         return out  # type: ignore[return-value]
 
 
-def _round_up(x: int, m: int) -> int:
-    return max(m, int(math.ceil(x / m)) * m)
-
-
-def resolve_model_path(spec: str) -> pathlib.Path:
-    """`shipped:NAME` (materialised by o1_jax.hf.fetch) or a local HF folder."""
-    if spec.startswith("shipped:"):
-        from o1_jax.hf import fetch
-
-        return fetch.fetch(spec.split(":", 1)[1])
-    path = pathlib.Path(spec).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"expert model {spec!r}: expected an HF folder with config.json "
-                                "or 'shipped:smollm2-135m-instruct'")
-    return path
-
-
 @dataclasses.dataclass
 class GenerationSettings:
     max_new_tokens: int = 128
@@ -209,60 +195,10 @@ class GenerationSettings:
     bucket: int = 64  # prompt lengths are padded to a multiple of this: few compiled shapes
 
 
-def nucleus_mask(probs, top_p: float):
-    """`[B, V]` bool: the tokens top-p sampling keeps, without sorting the vocabulary.
-
-    Token i is kept when the mass of the tokens more probable than it is below `top_p` (the
-    smallest sorted prefix reaching top_p, the best token always kept), as in
-    o1_jax.inference.generate.sample_token. That rule is monotone in p_i, so the kept set is
-    {p_i >= t} for one threshold t per row, found exactly by bisecting over the int32 bit
-    patterns of the float32 probabilities (ordered like the floats, since p >= 0): 31 masked sums
-    over [B, V] where XLA's CPU sort of [B, V] cost over a second per step at B=48, V=49k.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    probs = probs.astype(jnp.float32)
-    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # [B, V], monotone in probs
-
-    def kept(threshold):  # [B]: is a token with bit pattern `threshold` kept?
-        above = jnp.where(bits > threshold[:, None], probs, 0.0).sum(-1)
-        return above < top_p
-
-    # Invariant: kept(hi) and not kept(lo), or lo = -1; the answer is the smallest kept threshold.
-    lo = jnp.full(probs.shape[:1], -1, jnp.int32)
-    hi = bits.max(-1)  # the best token: nothing is more probable, so it is always kept
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        ok = kept(mid)
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-    _, hi = jax.lax.fori_loop(0, 32, step, (lo, hi))
-    return bits >= hi[:, None]
-
-
-def sample_nucleus(logits, rng, sampling):
-    """Greedy, or temperature + top-p sampling from `[B, V]` logits (the rule of generate.sample_token)."""
-    import jax
-    import jax.numpy as jnp
-
-    if sampling.temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / sampling.temperature
-    if sampling.top_p < 1:
-        keep = nucleus_mask(jax.nn.softmax(logits, axis=-1), sampling.top_p)
-        logits = jnp.where(keep, logits, -jnp.inf)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-
 def generate_samples(model, params, prompt_ids, prompt_mask, rng, sampling, samples: int, *, eos_id: int,
                      pad_id: int) -> dict:
     """`samples` continuations of each left-padded prompt row from one prefill: `tokens [U * samples, N]`
     (row u * samples + s), `lengths [U * samples]` (tokens before `<eos>`)."""
-    from o1_jax.inference.generate import generate
-
     return generate(model, params, prompt_ids, prompt_mask, rng, sampling, eos_id=eos_id, pad_id=pad_id,
                     num_samples=int(samples))
 
@@ -279,8 +215,6 @@ class LlamaExpert(Expert):
     def __init__(self, model, params, tokenizer, examples: FewShotPool, batch_size: int = 16,
                  settings: GenerationSettings | None = None, fresh_examples: bool = False):
         super().__init__(examples, batch_size, fresh_examples)
-        from o1_jax.inference.generate import Sampling
-
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.settings = settings or GenerationSettings()
         s = self.settings
@@ -293,11 +227,7 @@ class LlamaExpert(Expert):
     @classmethod
     def load(cls, model: str, examples: FewShotPool, batch_size: int = 16, dtype: str = "float32",
              settings: GenerationSettings | None = None, fresh_examples: bool = False) -> "LlamaExpert":
-        import transformers
-
-        from o1_jax import hf
-
-        path = resolve_model_path(model)
+        path = model_specs.resolve_hf_folder(model, "config.expert.model")
         jax_model, params = hf.load_pretrained(path, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         return cls(jax_model, params, tokenizer, examples, batch_size, settings, fresh_examples)
@@ -320,7 +250,7 @@ class LlamaExpert(Expert):
         if longest > limit:
             raise ValueError(f"a prompt has {longest} tokens; with max_new_tokens={self.settings.max_new_tokens} "
                              f"the model allows at most {limit} (lower expert.example_max_words or expert.num_examples)")
-        width = _round_up(longest, self.settings.bucket)
+        width = round_up(longest, self.settings.bucket)
         ids = np.full((num_rows, width), self.pad_id, np.int32)
         mask = np.zeros((num_rows, width), np.int32)
         for k, r in enumerate(rows):
@@ -330,8 +260,6 @@ class LlamaExpert(Expert):
 
     def generate_batch(self, prompts: list[list[int]], samples: int, rng_seed: int,
                        batch_index: int) -> list[list[str]]:
-        import jax
-
         ids, mask = self.collate(prompts, self.prompts_per_batch(samples))
         rng = jax.random.fold_in(jax.random.key(rng_seed), batch_index)
         out = generate_samples(self.model, self.params, ids, mask, rng, self.sampling, samples,

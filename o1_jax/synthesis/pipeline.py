@@ -32,39 +32,11 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from o1_jax.data.records import RecordError, atomic_open, iter_json_lines, validate_record
+from o1_jax.data.records import RecordError, iter_json_lines, validate_record
+from o1_jax.files import atomic_open
 from o1_jax.metrics import ProgressBar
 from o1_jax.synthesis import committee as committee_lib
 from o1_jax.synthesis.expert import Expert, FewShotPool, GenerationSettings, LlamaExpert, stable_hash
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every synthesis key; configs/synth_*.py start from this and change a few."""
-    c = ml_collections.ConfigDict()
-    c.input = ""  # O1 JSONL records (o1_jax.data.prepare)
-    c.output = ""  # JSONL, appended to and resumed
-    c.seed = 0
-    c.num_candidates = 3
-    c.limit = 0  # only the first `limit` input records (0: all)
-    c.chunk_size = 64  # records per propose / score / write round
-    c.progress = True
-    c.expert = ml_collections.ConfigDict(dict(
-        model="shipped:smollm2-135m-instruct",  # an HF folder or shipped:NAME (o1_jax.hf.fetch)
-        dtype="float32",
-        batch_size=48,  # generated rows per compiled batch (batch_size // n prompts when they are shared)
-        fresh_examples=False,  # True: a prompt with its own examples per candidate (the original's rounds)
-        max_new_tokens=128,
-        temperature=0.7,
-        top_p=0.9,
-        bucket=64,  # prompt widths are rounded up to a multiple of this
-        num_examples=3,  # few-shot examples per prompt, from other records
-        example_max_words=64,  # each example passage is cut to this many words (0: whole)
-    ))
-    c.committee = ml_collections.ConfigDict()
-    c.committee.rule = "soft"  # soft | hard
-    c.committee.members = ml_collections.ConfigDict()
-    c.committee.members.bm25 = ml_collections.ConfigDict(dict(kind="bm25", weight=1.0, path=""))
-    return c
 
 
 # ----------------------------------------------------------------------------- input and resume

@@ -21,8 +21,12 @@ import jax
 import numpy as np
 import pytrec_eval
 
-from o1_jax.data.prepare import load_beir
-from o1_jax.retrieval.index import Index
+from o1_jax.data.beir import load_beir
+from o1_jax.data.records import doc_text
+from o1_jax.files import atomic_open
+from o1_jax.retrieval.bm25 import BM25
+from o1_jax.retrieval.dense import DenseEncoder
+from o1_jax.retrieval.vector_index import Index, recall_at_k
 
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 
@@ -74,10 +78,8 @@ def encode_corpus_cached(embedder, folder: pathlib.Path, corpus: dict, cache_dir
             return doc_ids, cached["embeddings"], fp, True
     embeddings = embedder.encode_corpus([corpus[d] for d in doc_ids])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, embeddings=embeddings, doc_ids=np.asarray(doc_ids), fingerprint=np.asarray(fp))
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            np.savez(f, embeddings=embeddings, doc_ids=np.asarray(doc_ids), fingerprint=np.asarray(fp))
     return doc_ids, embeddings, fp, False
 
 
@@ -99,9 +101,9 @@ def search_run(index: Index, queries: np.ndarray, qids: Sequence[str], top_k: in
 def overlap_at(run: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]], k: int) -> float:
     """Mean fraction of `reference`'s top-k documents that `run`'s top-k also holds (ScaNN's recall@k against exact)."""
     def top(docs):
-        return {d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])[:k]}
+        return [d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])[:k]]
 
-    return float(np.mean([len(top(run[q]) & top(reference[q])) / max(len(top(reference[q])), 1) for q in reference]))
+    return recall_at_k([top(run[q]) for q in reference], [top(reference[q]) for q in reference], k)
 
 
 def parse_mode(mode: str, num_thoughts: int) -> tuple[str, int]:
@@ -171,15 +173,12 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
 
 def evaluate_bm25(folder: str | os.PathLike, split: str = "test", *, top_k: int = 1000,
                   max_queries: int = 0) -> dict[str, Any]:
-    """bm25s (English stopwords, default k1/b, document = title + " " + text) as a baseline row."""
-    from o1_jax.data.prepare import bm25_candidates
-    from o1_jax.data.records import doc_text
-
+    """BM25 (o1_jax.retrieval.bm25) as a baseline row."""
     folder = pathlib.Path(folder)
     corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
     doc_ids = list(corpus)
     t = time.perf_counter()
-    hits = bm25_candidates([doc_text(corpus[d]) for d in doc_ids], texts, top_k)
+    hits = BM25([doc_text(corpus[d]) for d in doc_ids]).top(texts, top_k)
     run = {qid: {doc_ids[i]: s for i, s in row} for qid, row in zip(judged, hits)}
     return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
             "index_mode": "bm25", "modes": {"bm25": {**ir_metrics(run, qrels), "seconds": time.perf_counter() - t}}}
@@ -189,19 +188,16 @@ def evaluate_dense(model_path: str, folder: str | os.PathLike, split: str = "tes
                    max_queries: int = 0, batch_size: int = 64) -> dict[str, Any]:
     """A sentence-transformers model (e.g. all-MiniLM-L6-v2) as a baseline row: normalised embeddings,
     exact inner-product search, document = title + " " + text."""
-    from o1_jax.data.records import doc_text
-    from o1_jax.synthesis.committee import DenseMember
-
     folder = pathlib.Path(folder)
     corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
     doc_ids = list(corpus)
-    encoder = DenseMember(model_path, batch_size=batch_size)
+    encoder = DenseEncoder(model_path, batch_size=batch_size, key="config.model.path")
     t = time.perf_counter()
-    doc_emb = encoder.embed_docs([doc_text(corpus[d]) for d in doc_ids])
+    doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids])
     encode_s = time.perf_counter() - t
     index = Index.build(doc_emb, doc_ids, mode="exact")
     t = time.perf_counter()
-    run = search_run(index, encoder.embed_queries(texts), judged, top_k)
+    run = search_run(index, encoder.encode(texts), judged, top_k)
     return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
             "corpus_encode_s": encode_s, "index_mode": "exact",
             "modes": {"dense": {**ir_metrics(run, qrels), "query_encode_s": time.perf_counter() - t}}}

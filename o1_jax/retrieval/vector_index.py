@@ -33,16 +33,16 @@ import json
 import math
 import os
 import pathlib
-import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from o1_jax.files import atomic_write_json, staged_folder
+
 INFO_FILE = "index_info.json"
 DOC_IDS_FILE = "doc_ids.json"
-FORMAT = "o1_jax.retrieval.index"
+FORMAT = "o1_jax.retrieval.index"  # the format's name in index_info.json, kept since the module was renamed
 # Bump when the folder layout changes; `load` refuses other versions.
 FORMAT_VERSION = 1
 MODES = ("auto", "exact", "scann")
@@ -338,10 +338,7 @@ class Index:
         folder = pathlib.Path(folder)
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace the index there")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_folder(folder) as tmp:
             # relative_path: asset paths inside the folder, so it still loads after the rename.
             self._searcher.serialize(str(tmp), relative_path=True)
             _write_json(tmp / DOC_IDS_FILE, self._doc_ids.tolist())
@@ -361,23 +358,6 @@ class Index:
             for path in tmp.iterdir():  # ScaNN's files too, so the renamed folder survives a crash
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if not folder.exists():
-            os.replace(tmp, folder)
-            return folder
-        # overwrite: a directory cannot be renamed over a non-empty one, so move the old
-        # index aside, swap the new one in, and put the old one back if that fails.
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except BaseException:
-            os.replace(old, folder)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
         return folder
 
     @classmethod
@@ -466,10 +446,7 @@ def read_info(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=None if isinstance(obj, list) else 2)
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_json(path, obj, indent=None if isinstance(obj, list) else 2)  # the id list compact
 
 
 def _scann_version() -> str | None:
