@@ -58,8 +58,9 @@ def check_config(config) -> None:
 
 
 def model_path(spec: str) -> str:
-    """config.model.path resolved (o1_jax.model_specs): a workdir URL as given, a local folder checked."""
-    return str(model_specs.resolve(spec, "config.model.path"))
+    """config.model.path resolved (o1_jax.model_specs): a workdir URL as given, a local folder checked;
+    empty for bm25, which needs no model."""
+    return str(model_specs.resolve(spec, "config.model.path")) if spec else ""
 
 
 def evaluate(config, path: str) -> dict:

@@ -18,10 +18,11 @@ import yaml
 
 from o1_jax import export as export_mod
 from o1_jax import forward
-from o1_jax.training import loop, workdir as workdir_lib
 from o1_jax.data import synthetic
+from o1_jax.hf import model_card
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.models.llama import default_positions
+from o1_jax.training import loop, workdir as workdir_lib
 from tests.test_train import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ def test_model_card_has_config_evaluation_tokens_formats_and_working_snippets(ex
 
     # The usage snippets run as written and agree with o1_jax.
     namespace: dict = {}
-    exec(_python_blocks(card).replace(export_mod.PATH_PLACEHOLDER, str(out)), namespace)  # noqa: S102
+    exec(_python_blocks(card).replace(model_card.PATH_PLACEHOLDER, str(out)), namespace)  # noqa: S102
     q = namespace["query"]
     np.testing.assert_allclose(namespace["query_emb_no_think"][0], emb.encode_queries([q])[0], atol=1e-5)
     # As O1Embedder's one-pass thinking: prompt, the generated thought, <eos><emb> (even for an empty thought).
@@ -213,12 +214,12 @@ def test_a_non_empty_out_needs_overwrite_and_a_failed_export_leaves_nothing(expo
     with pytest.raises(FileExistsError, match="taken: exists and is not empty"):
         export_mod.export(workdir, out)
 
-    def broken_card(folder, info):
+    def broken_card(folder, run, model):
         (folder / "README.md").write_text("half")
         raise RuntimeError("disk full")
 
     siblings = sorted(p.name for p in workdir.parent.iterdir())
-    monkeypatch.setattr(export_mod, "write_model_card", broken_card)
+    monkeypatch.setattr(model_card, "write_model_card", broken_card)
     with pytest.raises(RuntimeError, match="disk full"):  # a new folder: never appears
         export_mod.export(workdir, workdir.parent / "new")
     with pytest.raises(RuntimeError, match="disk full"):  # an existing folder: left as it was
@@ -243,9 +244,10 @@ def test_bad_input_is_one_clear_error(tmp_path, exported):
         export_mod.export(workdir, workdir, overwrite=True)
     with pytest.raises(FileNotFoundError, match="no run_config.json"):
         export_mod.export(tmp_path, tmp_path / "out")
-    bad = tmp_path / "bad"
-    (bad / "eval").mkdir(parents=True)
-    (bad / "run_config.json").write_text("{}")
+    bad = tmp_path / "bad"  # all a run writes, but a malformed evaluation file: stops before any restore
+    for folder in ("eval", "tokenizer", "checkpoints"):
+        (bad / folder).mkdir(parents=True)
+    (bad / "run_config.json").write_text(json.dumps({"config": {}, "original_vocab": 10}))
     (bad / "eval" / "x.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"eval/x.json: not valid JSON"):
         export_mod.export(bad, tmp_path / "out")

@@ -1,6 +1,8 @@
 """HF import/export: round trips, sharded files, placement on a mesh, bad input, real SmolLM2 weights."""
 
 import json
+import os
+import stat
 
 import flax.linen as nn
 import jax
@@ -11,7 +13,7 @@ import torch
 import transformers
 
 from o1_jax import hf
-from o1_jax.hf.safetensors_io import INDEX_FILE, SafetensorsFile
+from o1_jax.hf.safetensors_io import INDEX_FILE, SafetensorsFile, write_checkpoint
 from o1_jax.models import abstract_params
 from o1_jax.sharding import logical_to_shardings, make_mesh
 
@@ -91,6 +93,20 @@ def test_save_refuses_a_non_empty_folder_and_leaves_no_partial_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_saved_folder_has_the_permissions_of_a_new_folder(tmp_path):
+    # Under umask 022 a folder from mkdir is 0755 and one from mkdtemp 0700, so the check can fail.
+    _, folder = _tiny_llama(tmp_path)
+    model, params = hf.load_pretrained(folder)
+    before = os.umask(0o022)
+    try:
+        os.mkdir(tmp_path / "made")
+        out = hf.save_pretrained(model, params, tmp_path / "out")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_missing_config_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         hf.load_pretrained(tmp_path)
@@ -105,8 +121,6 @@ def test_non_llama_config_is_a_clear_error(tmp_path):
 def test_missing_tensor_is_a_clear_error(tmp_path):
     _, folder = _tiny_llama(tmp_path)
     st = SafetensorsFile(folder / "model.safetensors")
-    from o1_jax.hf.safetensors_io import write_checkpoint
-
     keep = [k for k in st.keys() if k != "model.layers.1.mlp.up_proj.weight"]
     specs = [(k, st.shape(k), st.get(k).dtype, (lambda k=k: st.get(k))) for k in keep]
     (tmp_path / "broken").mkdir()

@@ -237,8 +237,8 @@ def test_dense_member_scores_by_cosine_rank(minilm):
     assert scores[0, 0] == 1.0 and scores[0, 1] < 1.0
     # The same vectors as sentence-transformers' own encode: cosine of normalised embeddings.
     pos, neg = minilm.similarities([POOL], thoughts)[0]
-    q = minilm.model.encode(thoughts[0], normalize_embeddings=True)
-    d = minilm.model.encode([committee.record_pool(POOL)[0][0]], normalize_embeddings=True)
+    q = minilm.encoder.model.encode(thoughts[0], normalize_embeddings=True)
+    d = minilm.encoder.model.encode([committee.record_pool(POOL)[0][0]], normalize_embeddings=True)
     np.testing.assert_allclose(pos, q @ d.T, atol=1e-5)
     assert neg.shape == (2, 3)
 

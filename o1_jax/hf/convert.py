@@ -1,4 +1,5 @@
-"""Hugging Face <-> o1_jax parameter conversion: `load_pretrained` and `save_pretrained`.
+"""Hugging Face <-> o1_jax parameter conversion: `load_pretrained`, `save_pretrained` (`write_pretrained`
+into a folder the caller publishes).
 
 Our parameter tree mirrors HF names, so the mapping is a rule, not a table:
 the path joined with dots, `kernel` -> `weight` (transposed, HF stores `[out, in]`),
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from o1_jax.files import atomic_write_json, staged_folder
 from o1_jax.hf.safetensors_io import CheckpointReader, TensorSpec, write_checkpoint
 from o1_jax.models.config import LlamaConfig
 from o1_jax.models.lora import is_lora_path, merge_lora
@@ -215,25 +215,19 @@ def _parse_size(size: int | str) -> int:
     return int(text)
 
 
-def save_pretrained(
+def write_pretrained(
     model: LlamaForCausalLM,
     params: dict,
-    out_dir: str | os.PathLike,
+    folder: str | os.PathLike,
     tokenizer=None,
     max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-) -> pathlib.Path:
-    """Writes an HF folder (safetensors, config.json, tokenizer and generation config when given).
+) -> None:
+    """Writes an HF model (safetensors, config.json, tokenizer and generation config when given) into
+    `folder`, an empty folder the caller publishes (`save_pretrained`, or a larger export).
 
     LoRA adapters, if the model has them, are merged into the kernels first.
-
-    Everything goes to a temporary sibling folder renamed into place at the end, so an
-    interrupted save never leaves a half-written model; an existing non-empty `out_dir`
-    is replaced only with `overwrite=True`.
     """
-    out = pathlib.Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
+    folder = pathlib.Path(folder)
     check_params_match(model.cfg, params)
     cfg, params = merge_lora(model.cfg, params)  # HF has no adapters: write merged kernels
     check_finite(cfg, params)  # after the merge, which could overflow
@@ -246,24 +240,31 @@ def save_pretrained(
     hf_config = cfg.to_hf_dict()
     hf_config["dtype"] = str(np.dtype(params["model"]["norm"]["weight"].dtype))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_checkpoint(tmp, hf_tensor_specs(cfg, params), _parse_size(max_shard_size))
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-            generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_checkpoint(folder, hf_tensor_specs(cfg, params), _parse_size(max_shard_size))
+    atomic_write_json(folder / "config.json", hf_config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+        atomic_write_json(folder / "generation_config.json",
+                          {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+
+
+def save_pretrained(
+    model: LlamaForCausalLM,
+    params: dict,
+    out_dir: str | os.PathLike,
+    tokenizer=None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes the HF folder `out_dir` (see `write_pretrained`); returns it.
+
+    Everything goes to a hidden sibling folder renamed into place at the end (o1_jax.files), so an
+    interrupted save never leaves a half-written model; an existing non-empty `out_dir` is replaced
+    only with `overwrite=True`.
+    """
+    out = pathlib.Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
+    with staged_folder(out) as staging:
+        write_pretrained(model, params, staging, tokenizer=tokenizer, max_shard_size=max_shard_size)
     return out

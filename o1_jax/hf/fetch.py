@@ -16,16 +16,13 @@ import dataclasses
 import fcntl
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
-from o1_jax import cli
+from o1_jax import cli, files
 
 logger = logging.getLogger(__name__)
 
@@ -111,27 +108,30 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, force: bool = F
 
 
 def _build(name: str, entry: ShippedModel, source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-    # A sibling on the same file system, so the final rename is atomic.
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    # Built in a hidden sibling that is renamed onto `target` (replacing a stale or forced-out folder)
+    # only once complete, with the marker last; the cache may be shared, so it gets mkdir's permissions.
+    start = time.perf_counter()
     try:
-        start = time.perf_counter()
-        _materialise(entry, source, tmp)
-        seconds = time.perf_counter() - start
-        _write_json(tmp / MARKER, {
-            "name": name,
-            "source": f"{entry.distribution}=={_installed_version(entry)}:{entry.gguf_file}",
-            "materialise_seconds": round(seconds, 1),
-        })
-        _swap_in(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("materialised %s into %s in %.1f s", name, target, seconds)
+        with files.staged_folder(target) as staging:
+            _materialise(entry, source, staging)
+            files.atomic_write_json(staging / MARKER, {
+                "name": name,
+                "source": f"{entry.distribution}=={_installed_version(entry)}:{entry.gguf_file}",
+                "materialise_seconds": round(time.perf_counter() - start, 1),
+            })
+    except OSError:
+        # Another process finished the same fetch first (its rename won); its folder is as good as ours.
+        if not (target / MARKER).is_file():
+            raise
+        return target
+    logger.info("materialised %s into %s in %.1f s", name, target, time.perf_counter() - start)
     return target
 
 
 def _materialise(entry: ShippedModel, source: pathlib.Path, out: pathlib.Path) -> None:
     """Write config, float32 safetensors, tokenizer and generation config into `out`."""
+    # Imported here: torch and transformers' model classes take seconds to load and only a build needs
+    # them, while o1_jax.model_specs (so nearly every command) imports this module.
     import torch
     from tokenizers import pre_tokenizers
     from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
@@ -187,33 +187,11 @@ def _materialise(entry: ShippedModel, source: pathlib.Path, out: pathlib.Path) -
         path.chmod(0o644)  # safetensors writes 0600; the cache may be shared
 
 
-def _swap_in(tmp: pathlib.Path, target: pathlib.Path) -> None:
-    """Rename `tmp` to `target`, replacing a stale or forced-out folder."""
-    old = None
-    if target.exists():
-        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        # Another process finished the same fetch first; its folder is as good as ours.
-        if not (target / MARKER).is_file():
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _installed_version(entry: ShippedModel) -> str:
     try:
         return importlib.metadata.version(entry.distribution)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _write_json(path: pathlib.Path, obj: dict) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(part, path)
 
 
 def _fetch(args) -> None:
