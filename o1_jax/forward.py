@@ -1,7 +1,9 @@
-"""The model applied to O1 batches (array losses are in `losses.py`): `embed` gives the `<emb>`
-vector of any row; `joint_loss` is the training objective: one forward of `<query>q</query><thought>t<eos><emb>` gives both the
-thought's next-token loss and the query embedding; documents `{title text}<emb>` are embedded
-directly; InfoNCE over the global batch ties them together.
+"""The model applied to O1 batches (the array losses are in `losses.py`).
+
+`embed` gives the `<emb>` vector of any row. `joint_loss` is the training objective: one forward
+of `<query>q</query><thought>t<eos><emb>` gives both the thought's next-token loss and the query
+embedding; documents `{title text}<emb>` are embedded directly; InfoNCE over the global batch
+ties them together.
 
 Rows are left-padded, so `<emb>` is the last position of every row.
 """
