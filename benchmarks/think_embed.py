@@ -5,7 +5,7 @@
     returns the normalised hidden state at `<emb>`.
 (b) two passes, the original O1 Embedder method: `generate(...)` without `emb_id`, decode the
     thought tokens to text with the tokenizer, re-tokenise `<query>q</query><thought>{t}<eos><emb>`
-    with `Formatter.collate_queries`, and run a full jitted forward (`objective.embed`). The
+    with `Formatter.collate_queries`, and run a full jitted forward (`forward.embed`). The
     decode / re-tokenise time on the host is part of (b).
 
 The model is the pretrained SmolLM2 with `<query> </query> <thought> <emb>` added and the
@@ -39,10 +39,11 @@ from machine import (  # benchmarks/machine.py, next to this file
     write_json,
 )
 
-from o1_jax import hf, objective, trainable
+from o1_jax import forward, hf
 from o1_jax.data.formatting import Formatter, add_special_tokens
 from o1_jax.hf import fetch
 from o1_jax.inference.generate import Sampling, generate
+from o1_jax.models.vocab import resize_vocab
 from o1_jax.models import LlamaForCausalLM
 
 MODEL = "smollm2-135m-instruct"
@@ -67,7 +68,7 @@ def main() -> None:
     known_rows = len(tokenizer)
     special = add_special_tokens(tokenizer)
     base, params = hf.load_pretrained(path, dtype="float32")
-    params, cfg = trainable.resize_vocab(params, base.cfg, len(tokenizer), sorted(special.values()),
+    params, cfg = resize_vocab(params, base.cfg, len(tokenizer), sorted(special.values()),
                                          min(known_rows, base.cfg.vocab_size))
     model = LlamaForCausalLM(cfg)
     fmt = Formatter(tokenizer, MAX_QUERY_TOKENS, args.thought_tokens, max_doc_tokens=8)
@@ -77,7 +78,7 @@ def main() -> None:
     prompt_ids, prompt_mask = prompts["prompt_ids"], prompts["prompt_mask"]
     sampling = Sampling(max_new_tokens=args.thought_tokens)  # greedy
     ids_kw = dict(eos_id=fmt.eos_id, pad_id=fmt.pad_id)
-    embed = jax.jit(lambda p, ids, mask: objective.embed(model, p, ids, mask))
+    embed = jax.jit(lambda p, ids, mask: forward.embed(model, p, ids, mask))
 
     def one_pass():
         out = generate(model, params, prompt_ids, prompt_mask, jax.random.key(0), sampling, emb_id=fmt.emb_id,

@@ -143,23 +143,26 @@ def setup_jax(batch_np: dict, meta: dict, num_steps: int):
     import jax.numpy as jnp
     import ml_collections
 
-    from o1_jax import hf, trainable, trainer
+    from o1_jax import hf
     from o1_jax.hf import fetch
     from o1_jax.models import LlamaForCausalLM
+    from o1_jax.models.vocab import resize_vocab
+    from o1_jax.training.optimizer import make_optimizer, make_schedule
+    from o1_jax.training.step import make_train_step
 
     model, params = hf.load_pretrained(fetch.fetch(MODEL), dtype="float32")
     known = min(meta["original_len"], model.cfg.vocab_size)
     new_vocab = max(meta["new_vocab"], model.cfg.vocab_size)
-    params, cfg = trainable.resize_vocab(params, model.cfg, new_vocab, meta["special_ids"], known)
+    params, cfg = resize_vocab(params, model.cfg, new_vocab, meta["special_ids"], known)
     model = LlamaForCausalLM(cfg)
 
     opt = ml_collections.ConfigDict(dict(OPT, warmup_steps=0, warmup_fraction=0.0, decay="constant", end_lr_factor=1.0))
-    schedule = trainer.make_schedule(opt, num_steps)
-    tx = trainer.make_optimizer(opt, schedule)
+    schedule = make_schedule(opt, num_steps)
+    tx = make_optimizer(opt, schedule)
     loss_cfg = ml_collections.ConfigDict(dict(LOSS, w_distill=0.0, teacher_temperature=1.0))
     step_fn = jax.jit(
-        trainer.make_train_step(model, tx, schedule, loss_cfg, meta["special_ids"], microbatches=1),
-        donate_argnums=(0,),  # as the trainer: the old state's buffers are reused
+        make_train_step(model, tx, schedule, loss_cfg, meta["special_ids"], microbatches=1),
+        donate_argnums=(0,),  # as training does: the old state's buffers are reused
     )
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
