@@ -13,13 +13,13 @@ An existing `--out` is refused before any work unless `--overwrite` is given.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
 
 from o1_jax import cli
 from o1_jax.data.beir import load_corpus, load_queries
+from o1_jax.files import atomic_open
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.beir_eval import params_fingerprint
 from o1_jax.retrieval.vector_index import Index
@@ -55,13 +55,10 @@ def search(args) -> pathlib.Path:
     vectors = embedder.encode_queries([queries[q] for q in qids], num_thoughts=args.num_thoughts, seed=args.seed)
     scores, doc_ids = index.search(vectors, args.top_k)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(out) as f:  # a TREC run file
         for qid, row_ids, row_scores in zip(qids, doc_ids, scores):
             for rank, (doc, score) in enumerate(zip(row_ids, row_scores), start=1):
                 f.write(f"{qid} Q0 {doc} {rank} {score:.6f} o1_jax\n")
-    os.replace(tmp, out)
     print(f"searched {len(qids)} queries (thoughts per query: {args.num_thoughts}) -> {out}")
     return out
 
