@@ -53,6 +53,10 @@ def check_config(config) -> None:
     for key in LENGTH_KEYS + ("batch_size", "max_queries"):
         if config[key] < 0:
             raise ValueError(f"config.{key}={config[key]}: expected 0 (the default) or a positive count")
+    if config.temperature is not None and not config.temperature >= 0:
+        raise ValueError(f"config.temperature={config.temperature}: expected None (the model's own) or a number >= 0")
+    if config.top_p is not None and not 0 < config.top_p <= 1:
+        raise ValueError(f"config.top_p={config.top_p}: expected None (the model's own) or a probability in (0, 1]")
     if kind != "o1" and not config.output:
         raise ValueError(f"config.output is empty: a {kind} baseline has no workdir to write into; name a JSON file")
 
@@ -73,6 +77,7 @@ def evaluate(config, path: str) -> dict:
         return evaluate_dense(path, folder, config.data.split, top_k=config.top_k,
                               max_queries=config.max_queries, **({"batch_size": config.batch_size} if config.batch_size else {}))
     overrides = {key: config[key] for key in LENGTH_KEYS + ("batch_size",) if config[key]}
+    overrides.update({f"think_{key}": config[key] for key in ("temperature", "top_p") if config[key] is not None})
     embedder = O1Embedder.from_pretrained(path, dtype=config.model.dtype, **overrides)
     cache = config.cache_dir or str(epath.Path(path) / "eval" / "cache")
     if is_remote(cache):  # the corpus cache is memory-mapped: keep it on this machine

@@ -186,6 +186,8 @@ def test_dense_baseline_cli(tmp_path):
     (["--config.model.kind=bm25"], "config.output is empty: a bm25 baseline"),
     (["--config.model.kind=dense", "--config.output=x.json"], "config.model.path is empty: a dense evaluation"),
     (["--config.max_doc_tokens=-1", "--config.model.path=m"], "config.max_doc_tokens=-1: expected 0"),
+    (["--config.temperature=-1", "--config.model.path=m"], "config.temperature=-1.0: expected None (the model's own)"),
+    (["--config.top_p=0", "--config.model.path=m"], "config.top_p=0.0: expected None (the model's own) or a probability"),
 ])
 def test_evaluate_config_errors(tmp_path, overrides, words):
     from configs import eval_beir
@@ -199,9 +201,34 @@ def test_evaluate_config_errors(tmp_path, overrides, words):
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        node[leaf] = type(node[leaf])(value)
+        node[leaf] = float(value) if node[leaf] is None else type(node[leaf])(value)
     with pytest.raises(ValueError, match=re.escape(words)):
         evaluate.run(config)
+
+
+def test_evaluate_passes_the_thinking_sampling_to_the_embedder(tmp_path, monkeypatch):
+    from configs import eval_beir
+    from o1_jax import evaluate
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(path, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(evaluate.O1Embedder, "from_pretrained", staticmethod(capture))
+    config = eval_beir.get_config()
+    config.data.path, config.model.path = str(tmp_path), str(tmp_path)
+    with pytest.raises(Stop):
+        evaluate.evaluate(config, str(tmp_path))
+    assert "think_temperature" not in seen and "think_top_p" not in seen  # None: the run's own
+    config.temperature, config.top_p = 0.7, 0.95
+    with pytest.raises(Stop):
+        evaluate.evaluate(config, str(tmp_path))
+    assert seen["think_temperature"] == 0.7 and seen["think_top_p"] == 0.95
 
 
 def test_cli_bad_folder_is_one_sentence(tmp_path):
