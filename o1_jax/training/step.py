@@ -18,6 +18,24 @@ def _micro(x: jax.Array, k: int) -> jax.Array:
     return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
+def split_microbatches(batch: dict, k: int) -> dict:
+    """Each array of a training batch as `[k, ...]` micro-batches: micro-batch j holds queries
+    j, j + k, ... and exactly their document groups (doc rows are query-major, G per query), so
+    every query keeps its own positive and hard negatives."""
+    b = batch["query_ids"].shape[0]
+    group = batch["doc_ids"].shape[0] // b
+
+    def split(x):
+        if x.shape[0] == b:
+            return _micro(x, k)
+        if x.shape[0] == b * group:  # [B*G, ...] -> [B, G, ...] -> [k, B/k, G, ...] -> [k, B/k*G, ...]
+            per_query = _micro(x.reshape(b, group, *x.shape[1:]), k)
+            return per_query.reshape(k, (b // k) * group, *x.shape[1:])
+        raise ValueError(f"a batch array of {x.shape[0]} rows: expected {b} (queries) or {b * group} (documents)")
+
+    return jax.tree_util.tree_map(split, batch)
+
+
 def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids, microbatches: int):
     """`step(state, frozen, batch) -> (state, metrics)`; `state` = {params, opt_state, step}."""
     def loss_fn(params, frozen, batch):
@@ -31,7 +49,7 @@ def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids
             (_, metrics), grads = grad_fn(state["params"], frozen, batch)
         else:
             # Gradient accumulation: each micro-batch's InfoNCE sees its own in-batch negatives.
-            micro = jax.tree_util.tree_map(lambda x: _micro(x, microbatches), batch)
+            micro = split_microbatches(batch, microbatches)
 
             def body(acc, mb):
                 (_, m), g = grad_fn(state["params"], frozen, mb)
