@@ -379,6 +379,10 @@ def test_generate_samples_matches_generate_on_repeated_prompts():
     assert tokens.shape == (9, 10) and len({tuple(t) for t in tokens[:3]}) == 3  # samples differ
 
 
+# ----------------------------------------------------------------------------- the real expert
+
+
+@pytest.fixture(scope="module")
 def smollm2_expert(smollm2_path):
     records = make_records(6)
     pool = expert.FewShotPool(records, num_examples=1, seed=0, max_words=12)
