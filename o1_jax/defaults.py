@@ -14,7 +14,7 @@ import sys
 
 import ml_collections
 
-from o1_jax.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES
+from o1_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from o1_jax.sharding import DEFAULT_RULES
 
 DECAYS = ("cosine", "linear", "constant")  # optimizer.decay (o1_jax.training.optimizer.make_schedule)
@@ -35,6 +35,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype
     c.model.param_dtype = "float32"
     c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
+    c.model.attention = "auto"  # xla | dot_product | splash | auto (o1_jax/models/attention.py)
     c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=()))  # rank 0: full fine-tuning
     # Architecture of a fresh model (used only when init_from is empty); vocab comes from the tokenizer.
     c.model.fresh = ml_collections.ConfigDict(dict(
@@ -93,6 +94,7 @@ MEANINGS = {
     "model.dtype": f"compute dtype: one of {tuple(DTYPES)}",
     "model.param_dtype": f"parameter dtype: one of {tuple(DTYPES)}",
     "model.remat_policy": f"activation rematerialisation of each layer: one of {REMAT_POLICIES}",
+    "model.attention": "attention kernel: xla (einsum), dot_product (jax.nn, cuDNN on GPU), splash (Pallas, TPU), auto (dot_product on GPU, else xla)",
     "model.lora.rank": "LoRA rank; 0 = full fine-tuning",
     "model.lora.alpha": "LoRA scale numerator (the update is scaled by alpha / rank)",
     "model.lora.targets": f"modules LoRA adapts, from {LORA_TARGETS} (needed when lora.rank > 0)",
@@ -236,6 +238,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             bad(key, f"one of {tuple(DTYPES)}")
     if m.remat_policy not in REMAT_POLICIES:
         bad("model.remat_policy", f"one of {REMAT_POLICIES}")
+    if m.attention not in ATTENTION_IMPLEMENTATIONS:
+        bad("model.attention", f"one of {ATTENTION_IMPLEMENTATIONS}")
     if m.lora.rank < 0:
         bad("model.lora.rank", "0 (full fine-tuning) or a positive rank")
     if m.lora.rank and m.lora.alpha <= 0:

@@ -21,6 +21,7 @@ SUPPORTED_MODEL_TYPES = {
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "auto")  # o1_jax.models.attention
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -56,6 +57,7 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"  # one of REMAT_POLICIES
+    attention: str = "xla"  # one of o1_jax.models.attention.IMPLEMENTATIONS; how, not what: never stored
     # Layers under nn.scan (stacked weights, one compiled layer: training, long inputs), or one
     # module per layer (`layers_0`, ...: decoding, where slicing stacked weights every token costs).
     scan_layers: bool = True
@@ -73,6 +75,8 @@ class LlamaConfig:
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"{key}={getattr(self, key)!r}: expected one of {tuple(DTYPES)}")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from o1_jax.models import attention
 from o1_jax.models.config import LlamaConfig
 
 # Activation logical axes at block boundaries; the rules table maps them to mesh axes.
@@ -180,13 +181,15 @@ class Attention(nn.Module):
             vs[layer] = jax.lax.dynamic_update_slice(vs[layer], v.astype(vs[layer].dtype), where)
             cache, kk, v = {"k": ks, "v": vs}, ks[layer], vs[layer]
 
-        # Grouped-query attention without repeating K/V: query heads grouped per kv head.
-        q = q.reshape(b, t, k, n // k, h)
-        scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, kk, preferred_element_type=jnp.float32)
-        scores = scores * h**-0.5
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(b, t, n * h)
+        scale = h**-0.5
+        impl = "xla" if cache is not None else attention.resolve(cfg.attention)  # decoding: one row a step
+        if impl == "xla":
+            out = attention.einsum_attention(q, kk, v, mask, scale, cfg.compute_dtype)
+        elif impl == "dot_product":
+            out = attention.dot_product_attention(q, kk, v, mask, scale)
+        else:
+            out = attention.splash_attention(q, kk, v, mask, scale, cfg.sliding_window)
+        out = out.reshape(b, t, n * h)
         return _dense(cfg, cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, "o_proj")(out), cache
 
 

@@ -56,6 +56,7 @@ def load_tokenizer(config, init: pathlib.Path | None):
 def model_config(config, init: pathlib.Path | None, vocab_size: int) -> LlamaConfig:
     m = config.model
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                     attention=m.get("attention", "xla"),  # runs before the key existed: the einsum
                      lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
     if init is not None:
         cfg = convert.read_config(init, **overrides)
@@ -69,7 +70,7 @@ def model_config(config, init: pathlib.Path | None, vocab_size: int) -> LlamaCon
 def fingerprint(cfg: LlamaConfig, config) -> dict:
     """What a checkpoint must agree with to be resumed: the model's shapes, its start, seed and batch."""
     model = dataclasses.asdict(cfg)
-    for free in ("remat_policy", "scan_layers", "dtype"):  # change how it runs, not what is stored
+    for free in ("remat_policy", "scan_layers", "dtype", "attention"):  # how it runs, not what is stored
         model.pop(free)
     return {"model": model, "init_from": config.model.init_from, "seed": config.seed,
             "global_batch_size": config.train.global_batch_size}
