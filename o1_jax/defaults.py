@@ -65,7 +65,7 @@ def train_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
 
     c.train = ml_collections.ConfigDict(dict(
-        global_batch_size=64, microbatches=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
+        global_batch_size=64, microbatches=1, grad_cache_chunks=1, num_steps=0, num_epochs=1,  # num_steps 0: run num_epochs
         log_every=10, checkpoint_every=500, keep_checkpoints=3,
         # Consecutive steps with a non-finite loss or gradient norm that are skipped (no update)
         # before training stops; 0 stops at the first. See training/loop.py's _FiniteGuard.
@@ -133,7 +133,10 @@ MEANINGS = {
     "optimizer.weight_decay": "AdamW decoupled weight decay, >= 0",
     "optimizer.clip_norm": "global gradient-norm clip; 0 = no clipping",
     "train.global_batch_size": "queries per step over all devices, >= 1",
-    "train.microbatches": "gradient-accumulation micro-batches per step (divides global_batch_size)",
+    "train.microbatches": "gradient-accumulation micro-batches per step (divides global_batch_size); "
+                          "each micro-batch's InfoNCE sees only its own documents",
+    "train.grad_cache_chunks": "GradCache: the step runs in this many chunks of the batch with the one-shot step's "
+                               "loss and gradients, every document a negative for every query (1 = off)",
     "train.num_steps": "steps to run; 0 = num_epochs over the data",
     "train.num_epochs": "epochs to run when num_steps is 0",
     "train.log_every": "steps between metric logs",
@@ -277,7 +280,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("end_lr_factor", "weight_decay", "clip_norm"):
         if opt[key] < 0:
             bad(f"optimizer.{key}", "a number >= 0")
-    for key in ("global_batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("global_batch_size", "microbatches", "grad_cache_chunks", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t[key] < 1:
             bad(f"train.{key}", "a positive count (>= 1)")
     if t.max_nonfinite_steps < 0:

@@ -25,29 +25,46 @@ def embed(model: LlamaForCausalLM, params, ids, mask) -> jax.Array:
     return losses.l2_normalize(hidden[:, -1])
 
 
-def joint_loss(model: LlamaForCausalLM, params, batch: dict[str, Any], loss_cfg) -> tuple[jax.Array, dict]:
-    """Total = w_ctr * InfoNCE + w_gen * thought CE (+ w_distill * KL); returns (total, metrics)."""
+def query_pass(model: LlamaForCausalLM, params, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """One forward of the query rows: `(q [B, D], logits [B, Kg, V])`, the query embeddings and the
+    LM head's logits at the positions that predict a thought token or its <eos> (the only positions
+    the LM head runs at)."""
     out = model.apply(
         {"params": params}, batch["query_ids"], attention_mask=batch["query_mask"], compute_logits=False
     )
     hidden = out.last_hidden_state  # [B, Tq, D]
     q = losses.l2_normalize(hidden[:, -1])
-    # The LM head runs only at the positions that predict a thought token or its <eos>.
     picked = jnp.take_along_axis(hidden, batch["gen_positions"][..., None], axis=1)  # [B, Kg, D]
-    logits = model.apply({"params": params}, picked, method=LlamaForCausalLM.logits_from_hidden)
-    gen, gen_tokens = losses.generation_loss(logits, batch["gen_targets"], batch["gen_weights"])
+    return q, model.apply({"params": params}, picked, method=LlamaForCausalLM.logits_from_hidden)
 
-    d = embed(model, params, batch["doc_ids"], batch["doc_mask"])  # [B*G, D]
-    group_size = batch["doc_ids"].shape[0] // batch["query_ids"].shape[0]
+
+def embedding_losses(q: jax.Array, d: jax.Array, batch: dict[str, Any], loss_cfg) -> dict:
+    """InfoNCE (and, when weighted, distillation) of the whole batch's embeddings:
+    {ctr_loss, accuracy[, distill_loss]}."""
+    group_size = d.shape[0] // q.shape[0]
     ctr, accuracy = losses.contrastive_loss(q, d, loss_cfg.temperature, group_size)
-    total = loss_cfg.w_ctr * ctr + loss_cfg.w_gen * gen
-    metrics = {"ctr_loss": ctr, "gen_loss": gen, "accuracy": accuracy, "gen_tokens": gen_tokens}
+    metrics = {"ctr_loss": ctr, "accuracy": accuracy}
     if loss_cfg.w_distill:
-        distill = losses.distillation_loss(
+        metrics["distill_loss"] = losses.distillation_loss(
             q, d, batch["teacher_scores"], batch["teacher_mask"], loss_cfg.temperature, group_size,
             teacher_temperature=loss_cfg.teacher_temperature,
         )
-        total = total + loss_cfg.w_distill * distill
-        metrics["distill_loss"] = distill
-    metrics["loss"] = total
-    return total, metrics
+    return metrics
+
+
+def total_loss(metrics: dict, loss_cfg) -> jax.Array:
+    """w_ctr * InfoNCE + w_gen * thought CE (+ w_distill * KL), from the metrics that hold them."""
+    total = loss_cfg.w_ctr * metrics["ctr_loss"] + loss_cfg.w_gen * metrics["gen_loss"]
+    if loss_cfg.w_distill:
+        total = total + loss_cfg.w_distill * metrics["distill_loss"]
+    return total
+
+
+def joint_loss(model: LlamaForCausalLM, params, batch: dict[str, Any], loss_cfg) -> tuple[jax.Array, dict]:
+    """Total = w_ctr * InfoNCE + w_gen * thought CE (+ w_distill * KL); returns (total, metrics)."""
+    q, logits = query_pass(model, params, batch)
+    gen, gen_tokens = losses.generation_loss(logits, batch["gen_targets"], batch["gen_weights"])
+    d = embed(model, params, batch["doc_ids"], batch["doc_mask"])  # [B*G, D]
+    metrics = dict(embedding_losses(q, d, batch, loss_cfg), gen_loss=gen, gen_tokens=gen_tokens)
+    metrics["loss"] = total_loss(metrics, loss_cfg)
+    return metrics["loss"], metrics

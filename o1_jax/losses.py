@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["l2_normalize", "generation_loss", "contrastive_loss", "distillation_loss"]
+__all__ = ["l2_normalize", "token_cross_entropy", "generation_loss", "contrastive_loss", "distillation_loss"]
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -31,6 +31,14 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def _log_softmax(x: jax.Array) -> jax.Array:
     return x - jax.scipy.special.logsumexp(x, axis=-1, keepdims=True)
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """`[B, K]` cross-entropy of each target under `logits [B, K, V]`, in float32."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.scipy.special.logsumexp(logits, axis=-1)  # [B, K]
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return lse - target_logit
 
 
 def generation_loss(
@@ -48,11 +56,8 @@ def generation_loss(
     Returns:
       (loss, num_tokens): sum(ce * w) / max(sum(w), 1), and sum(w).
     """
-    logits = logits.astype(jnp.float32)
     weights = weights.astype(jnp.float32)
-    lse = jax.scipy.special.logsumexp(logits, axis=-1)  # [B, K]
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    ce = lse - target_logit  # [B, K]
+    ce = token_cross_entropy(logits, targets)  # [B, K]
     num_tokens = jnp.sum(weights)
     loss = jnp.sum(ce * weights) / jnp.maximum(num_tokens, 1.0)
     return loss, num_tokens

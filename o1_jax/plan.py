@@ -22,6 +22,7 @@ per step from the compiler's cost analysis; the device's HBM and whether the ste
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 import time
@@ -98,9 +99,7 @@ class Plan:
 
 def topology_devices(topology: str) -> list:
     """Compile-only devices of a TPU slice, e.g. 'v5p:4x4x4' or 'v5e:16x16'."""
-    try:
-        import libtpu  # noqa: F401  (only to give a clear error)
-    except ImportError:
+    if importlib.util.find_spec("libtpu") is None:
         raise ValueError(f"--topology {topology}: libtpu is not installed; "
                          "pip install -r requirements-plan.txt (or use --cpu_devices N)") from None
     try:

@@ -362,6 +362,7 @@ def test_every_config_key_has_a_meaning_and_is_listed(capsys):
     ("data.thought_dropout", -0.1, "[0, 1]"),
     ("train.global_batch_size", 0, "a positive count"),
     ("train.microbatches", 0, "a positive count"),
+    ("train.grad_cache_chunks", 0, "a positive count"),
     ("optimizer.lr", 0.0, "a positive learning rate"),
     ("optimizer.lr", -1e-4, "a positive learning rate"),
     ("data.max_query_tokens", 0, "a positive count"),

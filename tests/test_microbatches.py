@@ -9,7 +9,8 @@ import pytest
 
 from o1_jax import forward, losses
 from o1_jax.training import batches as batches_lib, run as run_lib, trainable_params
-from o1_jax.training.step import _micro, make_train_step, split_microbatches
+from o1_jax.training.chunks import _every_kth as _micro, split as split_microbatches
+from o1_jax.training.step import make_train_step
 from test_train import tiny_config
 from tolerances import reorder_atol
 

@@ -108,11 +108,15 @@ def make_batches(config, source: storage.RecordSource, tokenizer) -> Batches:
 
 
 def check_batch(config, mesh) -> None:
-    """The global batch is split over data x fsdp, and into micro-batches: both must divide it."""
-    b, k = config.train.global_batch_size, config.train.microbatches
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if k < 1 or b % k:
-        raise ValueError(f"config.train.microbatches={k} must be >= 1 and divide train.global_batch_size={b}")
-    if (b // k) % shards:
-        raise ValueError(f"config.train.global_batch_size={b} (per micro-batch {b // k}) must be divisible by the "
-                         f"mesh's data x fsdp = {shards} devices")
+    """The global batch is split over data x fsdp, and into micro-batches or GradCache chunks: all must divide it."""
+    b, shards = config.train.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"]
+    k, c = config.train.microbatches, config.train.get("grad_cache_chunks", 1)
+    if k > 1 and c > 1:
+        raise ValueError(f"config.train.microbatches={k} and config.train.grad_cache_chunks={c}: use one of them "
+                         "(GradCache bounds memory and keeps every document a negative for every query)")
+    for key, n, part in (("microbatches", k, "micro-batch"), ("grad_cache_chunks", c, "chunk")):
+        if n < 1 or b % n:
+            raise ValueError(f"config.train.{key}={n} must be >= 1 and divide train.global_batch_size={b}")
+        if (b // n) % shards:
+            raise ValueError(f"config.train.global_batch_size={b} (per {part} {b // n}) must be divisible by the "
+                             f"mesh's data x fsdp = {shards} devices")

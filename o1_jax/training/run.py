@@ -164,7 +164,7 @@ class Run(PlacedModel):
     def jit_train_step(self):
         """The train step, jitted over the mesh: state donated, metrics replicated."""
         step = make_train_step(self.model, self.tx, self.schedule, self.config.loss, self.special_ids,
-                               self.config.train.microbatches)
+                               self.config.train.microbatches, self.config.train.get("grad_cache_chunks", 1))
         return jax.jit(step, in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
 

@@ -1,5 +1,5 @@
-"""The train step: joint loss and gradients (optionally accumulated over micro-batches), the
-optimizer update, skipped when the loss or gradient is not finite; and its model FLOPs."""
+"""The train step: joint loss and gradients (in one shot, accumulated over micro-batches, or by
+GradCache over chunks), the optimizer update, skipped when the loss or gradient is not finite; and its model FLOPs."""
 
 from __future__ import annotations
 
@@ -10,34 +10,20 @@ import optax
 from o1_jax import flops as flops_lib
 from o1_jax import forward
 from o1_jax.models import LlamaConfig, LlamaForCausalLM
-from o1_jax.training import trainable_params
+from o1_jax.training import chunks, grad_cache, trainable_params
 
 
-def _micro(x: jax.Array, k: int) -> jax.Array:
-    """[B, ...] -> [k, B/k, ...] taking every k-th row, so each device keeps its own rows."""
-    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids, microbatches: int,
+                    grad_cache_chunks: int = 1):
+    """`step(state, frozen, batch) -> (state, metrics)`; `state` = {params, opt_state, step}.
 
-
-def split_microbatches(batch: dict, k: int) -> dict:
-    """Each array of a training batch as `[k, ...]` micro-batches: micro-batch j holds queries
-    j, j + k, ... and exactly their document groups (doc rows are query-major, G per query), so
-    every query keeps its own positive and hard negatives."""
-    b = batch["query_ids"].shape[0]
-    group = batch["doc_ids"].shape[0] // b
-
-    def split(x):
-        if x.shape[0] == b:
-            return _micro(x, k)
-        if x.shape[0] == b * group:  # [B*G, ...] -> [B, G, ...] -> [k, B/k, G, ...] -> [k, B/k*G, ...]
-            per_query = _micro(x.reshape(b, group, *x.shape[1:]), k)
-            return per_query.reshape(k, (b // k) * group, *x.shape[1:])
-        raise ValueError(f"a batch array of {x.shape[0]} rows: expected {b} (queries) or {b * group} (documents)")
-
-    return jax.tree_util.tree_map(split, batch)
-
-
-def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids, microbatches: int):
-    """`step(state, frozen, batch) -> (state, metrics)`; `state` = {params, opt_state, step}."""
+    `microbatches` > 1 accumulates gradients over micro-batches (each one's InfoNCE sees only its
+    own documents); `grad_cache_chunks` > 1 computes the one-shot loss and gradients in chunks
+    (`grad_cache.py`). One of them at most.
+    """
+    if microbatches > 1 and grad_cache_chunks > 1:
+        raise ValueError(f"train.microbatches={microbatches} and train.grad_cache_chunks={grad_cache_chunks}: "
+                         "use one of them (GradCache already bounds memory at the whole batch's negatives)")
     def loss_fn(params, frozen, batch):
         full = trainable_params.combine(params, frozen, special_ids)
         return forward.joint_loss(model, full, batch, loss_cfg)
@@ -45,11 +31,15 @@ def make_train_step(model: LlamaForCausalLM, tx, schedule, loss_cfg, special_ids
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state, frozen, batch):
-        if microbatches == 1:
+        if grad_cache_chunks > 1:
+            metrics, grads = grad_cache.loss_and_grads(
+                model, lambda p: trainable_params.combine(p, frozen, special_ids), state["params"], batch,
+                loss_cfg, grad_cache_chunks)
+        elif microbatches == 1:
             (_, metrics), grads = grad_fn(state["params"], frozen, batch)
         else:
             # Gradient accumulation: each micro-batch's InfoNCE sees its own in-batch negatives.
-            micro = split_microbatches(batch, microbatches)
+            micro = chunks.split(batch, microbatches)
 
             def body(acc, mb):
                 (_, m), g = grad_fn(state["params"], frozen, mb)
