@@ -28,6 +28,10 @@ real tokens (the sum of the query and document masks).
 
     python benchmarks/train_step.py [--batch 4 --group 4 --max_query 32 --max_thought 64 \
         --max_doc 128 --steps 6 --warmup 2 --schedule auto --json out.json]
+
+`--grad_cache_chunks 2,4` adds one o1_jax side per value, the same step with GradCache
+(`train.grad_cache_chunks`) in that many chunks: its time and peak RSS against the one-shot
+o1_jax side, and its first-step loss, which must agree with the one-shot one.
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def build_batch(args, path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
 # ----------------------------------------------------------------------------- o1_jax side
 
 
-def setup_jax(batch_np: dict, meta: dict, num_steps: int):
+def setup_jax(batch_np: dict, meta: dict, num_steps: int, grad_cache_chunks: int = 1):
     """(one_step, version): one_step runs a jitted `make_train_step` update and returns its metrics."""
     import jax
     import jax.numpy as jnp
@@ -161,7 +165,8 @@ def setup_jax(batch_np: dict, meta: dict, num_steps: int):
     tx = make_optimizer(opt, schedule)
     loss_cfg = ml_collections.ConfigDict(dict(LOSS, w_distill=0.0, teacher_temperature=1.0))
     step_fn = jax.jit(
-        make_train_step(model, tx, schedule, loss_cfg, meta["special_ids"], microbatches=1),
+        make_train_step(model, tx, schedule, loss_cfg, meta["special_ids"], microbatches=1,
+                        grad_cache_chunks=grad_cache_chunks),
         donate_argnums=(0,),  # as training does: the old state's buffers are reused
     )
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -258,8 +263,8 @@ def child(args) -> None:
     with open(args.meta_file) as f:
         meta = json.load(f)
     rss_imports = current_rss_gib()
-    if args.side == "jax":
-        one_step, version = setup_jax(batch, meta, args.warmup + args.steps)
+    if args.side.startswith("jax"):
+        one_step, version = setup_jax(batch, meta, args.warmup + args.steps, chunks_of(args.side))
     else:
         one_step, version = setup_torch(batch, meta, args.warmup + args.steps, args.torch_threads)
     send({"event": "ready", "rss_before_setup_gib": rss_imports, "rss_ready_gib": current_rss_gib()})
@@ -275,6 +280,11 @@ def child(args) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def chunks_of(side: str) -> int:
+    """'jax' -> 1, 'jax_gc4' -> 4."""
+    return int(side.removeprefix("jax_gc")) if side.startswith("jax_gc") else 1
 
 
 class Side:
@@ -325,9 +335,11 @@ def parse_args(argv=None):
     parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR SciFact folder; synthetic text if absent")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grad_cache_chunks", default="", help="comma-separated chunk counts: one more o1_jax "
+                        "side per value, with GradCache in that many chunks (each must divide --batch)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     # Internal: this process is one side, driven by the parent.
-    parser.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # jax, torch or jax_gcN
     parser.add_argument("--batch_file", help=argparse.SUPPRESS)
     parser.add_argument("--meta_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -335,6 +347,13 @@ def parse_args(argv=None):
         parser.error("--steps and --warmup must be at least 1 (o1_jax compiles during warm-up)")
     if args.batch < 1 or args.group < 2:
         parser.error("--batch must be at least 1 and --group at least 2 (a positive and a negative)")
+    try:
+        args.grad_cache_chunks = [int(c) for c in args.grad_cache_chunks.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--grad_cache_chunks {args.grad_cache_chunks!r}: expected comma-separated counts, e.g. 2,4")
+    if any(c < 2 or args.batch % c for c in args.grad_cache_chunks):
+        parser.error(f"--grad_cache_chunks {args.grad_cache_chunks}: each count must be >= 2 and divide "
+                     f"--batch {args.batch}")
     return args
 
 
@@ -347,7 +366,7 @@ def available_gib() -> float:
 
 
 def drive(args, batch_file: str, meta_file: str) -> dict[str, Side]:
-    names = ["jax", "torch"]
+    names = ["jax", "torch", *(f"jax_gc{c}" for c in args.grad_cache_chunks)]
     rounds = args.warmup + args.steps
     if args.schedule == "sequential":
         sides = {}
@@ -362,7 +381,7 @@ def drive(args, batch_file: str, meta_file: str) -> dict[str, Side]:
     try:
         for side in sides.values():
             side.info.update(side.receive())
-        for r in range(rounds):  # ABBA: each side goes first in half of the rounds
+        for r in range(rounds):  # ABBA (ABC CBA ...): each side goes first as often as last
             for name in (names if r % 4 in (0, 3) else names[::-1]):
                 sides[name].step()
         for side in sides.values():
@@ -437,12 +456,27 @@ def main() -> None:
     print()
     print("| side | s/step median | s/step min | real tokens/s | first step s | RSS ready GiB | peak RSS GiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for label, r in (("o1_jax", j), ("torch", t)):
+    labels = {"jax": "o1_jax", "torch": "torch", **{f"jax_gc{c}": f"o1_jax GradCache {c} chunks"
+                                                     for c in args.grad_cache_chunks}}
+    for name, label in labels.items():
+        r = results[name]
         print(f"| {label} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['real_tokens_per_s']:,.0f} | "
               f"{r['first_step_s']:.2f} | {r['rss_ready_gib']:.2f} | {r['peak_rss_gib']:.2f} |")
     print(f"| torch / o1_jax | {speedup:.2f}x | {t['min_s'] / j['min_s']:.2f}x | | | | "
           f"{t['peak_rss_gib'] / j['peak_rss_gib']:.2f}x |")
+    grad_cache = {}
+    for c in args.grad_cache_chunks:
+        g = results[f"jax_gc{c}"]
+        grad_cache[c] = {"time_over_one_shot": g["median_s"] / j["median_s"],
+                         "peak_rss_over_one_shot": g["peak_rss_gib"] / j["peak_rss_gib"],
+                         "first_step_loss_rel_diff": abs(g["first_step"]["loss"] - j["first_step"]["loss"])
+                         / abs(j["first_step"]["loss"])}
+        print(f"| GradCache {c} / o1_jax | {grad_cache[c]['time_over_one_shot']:.2f}x | "
+              f"{g['min_s'] / j['min_s']:.2f}x | | | | {grad_cache[c]['peak_rss_over_one_shot']:.2f}x |")
     print()
+    for c, r in grad_cache.items():
+        print(f"GradCache {c} chunks: first-step loss {results[f'jax_gc{c}']['first_step']['loss']:.6f} "
+              f"(relative difference to one-shot o1_jax {r['first_step_loss_rel_diff']:.1e})")
     for k, diff in rel.items():
         print(f"first step {k}: o1_jax {j['first_step'][k]:.6f}, torch {t['first_step'][k]:.6f} "
               f"(relative difference {diff:.1e})")
@@ -460,8 +494,11 @@ def main() -> None:
             "speedup_torch_over_o1_jax": speedup,
             "first_step_relative_differences": rel,
             "losses_agree": agree,
+            "grad_cache": grad_cache,
         }
         write_json(args.json, out)
+    if any(r["first_step_loss_rel_diff"] > LOSS_RTOL for r in grad_cache.values()):
+        raise SystemExit(f"a GradCache side's first-step loss differs from the one-shot step's by more than {LOSS_RTOL:g}")
     if not agree:
         raise SystemExit(f"o1_jax and torch first-step losses differ by {rel['loss']:.1e} (relative), "
                          f"more than {LOSS_RTOL:g}")

@@ -8,11 +8,17 @@ precision. Planned (python -m o1_jax.plan) to fit with the figures in the README
 
   python -m o1_jax.plan --config configs/qwen25_7b_o1.py --topology v5p:2x2x1   # 42.7 of 95 GiB
   python -m o1_jax.plan --config configs/qwen25_7b_o1.py:h100x8 --cpu_devices 8 --hbm_gib 80
+  python -m o1_jax.plan --config configs/qwen25_7b_o1.py:h100x1 --cpu_devices 1 --hbm_gib 80
 
   python -m o1_jax.train --config configs/qwen25_7b_o1.py --workdir gs://BUCKET/o1_qwen \\
       --config.model.init_from=/path/to/Qwen2.5-7B-Instruct --config.data.train=o1_train.jsonl
 
-Variants: none (a TPU v5p-8 slice: 4 chips, FSDP over all), "h100x8" (one node of 8 x H100 80 GB).
+Variants: none (a TPU v5p-8 slice: 4 chips, FSDP over all), "h100x8" (one node of 8 x H100 80 GB),
+"h100x1" (ONE 80 GB GPU: the same 64 x 16 batch, every document a negative for every query, by
+GradCache in 8 chunks). Planned on 1 CPU device (2026-12-03; the CPU compiler's temporaries, an
+estimate; einsum attention, so cuDNN attention on the GPU can only need less): the one-shot step
+needs 216.4 GiB, 4 chunks 88.2 GiB (no), 8 chunks 64.6 GiB (29.3 GiB of it the float32 frozen
+backbone and the adapters' Adam state; yes, 15.4 GiB free), 16 chunks 52.9 GiB.
 """
 
 from o1_jax.defaults import train_config
@@ -49,6 +55,9 @@ def get_config(arg: str | None = None):
         # Planned on 8 CPU devices (no GPU compiler here): 31.1 GiB of 80 with full remat; `dots`
         # remat needs 324 GiB by the same estimate, so full remat stays.
         c.mesh.shape = (1, 8, 1)
+    elif arg == "h100x1":
+        c.mesh.shape = (1, 1, 1)
+        c.train.grad_cache_chunks = 8  # 8 queries + 128 documents per chunk's forward and backward
     elif arg:
-        raise ValueError(f"configs/qwen25_7b_o1.py: unknown variant {arg!r} (expected 'h100x8' or nothing)")
+        raise ValueError(f"configs/qwen25_7b_o1.py: unknown variant {arg!r} (expected 'h100x8', 'h100x1' or nothing)")
     return c

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import sys
 import time
 
@@ -40,7 +41,7 @@ from o1_jax import cli, defaults, model_specs, sharding
 from o1_jax.data import formatting
 from o1_jax.data.synthetic import make_tokenizer
 from o1_jax.files import atomic_write_json
-from o1_jax.models import abstract_params, param_shapes, presets
+from o1_jax.models import abstract_params, attention, param_shapes, presets
 from o1_jax.training.batches import check_batch
 from o1_jax.training.run import INIT_FROM, assemble_run, model_config
 from o1_jax.training.step import step_flops
@@ -60,6 +61,8 @@ class Plan:
     params: int
     trainable: int
     global_batch: int
+    microbatches: int
+    grad_cache_chunks: int  # 1: off
     argument_gib: float
     output_gib: float
     alias_gib: float
@@ -69,23 +72,31 @@ class Plan:
     flops_per_step: float  # model FLOPs of the whole step (o1_jax.flops), all devices together
     compile_s: float
     replicated: list[str]  # parameter dimensions the rules shard but the mesh does not divide
+    refused: str | None = None  # the compiler's out-of-memory message, when it would not compile the step
 
     @property
     def fits(self) -> bool | None:
+        if self.refused:
+            return False
         return None if self.hbm_gib is None else self.peak_gib <= self.hbm_gib
 
     def summary(self) -> str:
         lines = [
             f"target: {self.target} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}",
             (f"model: {self.model}, {self.params / 1e9:.2f}B parameters, {self.trainable / 1e6:,.1f}M trainable; "
-             f"global batch {self.global_batch} queries"),
+             f"global batch {self.global_batch} queries"
+             + (f", {self.microbatches} micro-batches" if self.microbatches > 1 else "")
+             + (f", GradCache in {self.grad_cache_chunks} chunks" if self.grad_cache_chunks > 1 else "")),
             (f"per device: arguments {self.argument_gib:.2f} GiB + outputs {self.output_gib:.2f} GiB "
              f"- donated {self.alias_gib:.2f} GiB + temporaries {self.temp_gib:.2f} GiB = peak {self.peak_gib:.2f} GiB"),
         ]
         lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (all devices); compiled in {self.compile_s:.1f} s")
         if self.replicated:
             lines.append(f"replicated instead of sharded ({len(self.replicated)}): " + "; ".join(self.replicated))
-        if self.hbm_gib is None:
+        if self.refused:
+            lines.append(f"fits: NO, the compiler refused the step (arguments and temporaries above are its "
+                         f"lower bound): {self.refused}")
+        elif self.hbm_gib is None:
             lines.append("HBM: unknown for this device (pass --hbm_gib to compare)")
         elif self.fits:
             lines.append(f"fits: yes, {self.peak_gib:.2f} of {self.hbm_gib:g} GiB "
@@ -93,7 +104,7 @@ class Plan:
         else:
             lines.append(f"fits: NO, {self.peak_gib:.2f} GiB needed on {self.hbm_gib:g} GiB: "
                          f"{self.peak_gib - self.hbm_gib:.2f} GiB over (try model.remat_policy, a larger fsdp "
-                         "axis, train.microbatches or a shorter data.max_*_tokens)")
+                         "axis, train.grad_cache_chunks or a shorter data.max_*_tokens)")
         return "\n".join(lines)
 
 
@@ -143,26 +154,40 @@ def plan(config, devices: list, target: str, hbm_gib: float | None = None) -> Pl
                                            d.max_doc_tokens)
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding) for k, (shape, dtype) in shapes.items()}
 
+    arguments = (run.abstract_state(), run.abstract_frozen(), batch)
+    refused = None
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
         start = time.perf_counter()
-        compiled = run.jit_train_step().lower(run.abstract_state(), run.abstract_frozen(), batch).compile()
+        try:
+            compiled = run.jit_train_step().lower(*arguments).compile()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            refused = str(e).strip().splitlines()[0]
         compile_s = time.perf_counter() - start
 
-    mem = compiled.memory_analysis()
-    arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    if refused is None:
+        mem = compiled.memory_analysis()
+        arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
+        alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    else:  # what is known without the compiled program: the arguments, and the temporaries it asked for
+        arg, out, alias = sharding.per_device_bytes(arguments), 0, 0
+        asked = re.search(r"temporaries \(([0-9.]+)G\)", refused)
+        temp = float(asked.group(1)) * GIB if asked else 0
     kind = devices[0].device_kind
     hbm = hbm_gib if hbm_gib is not None else HBM_GIB.get(kind)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(param_shapes(cfg)))
     return Plan(
         target=target, device_kind=kind, num_devices=len(devices), mesh=dict(run.mesh.shape),
         model=f"{cfg.model_type} from {source}, {cfg.dtype} compute / {cfg.param_dtype} params, remat "
-              f"{cfg.remat_policy}, " + (f"LoRA r={cfg.lora_rank}" if cfg.lora_rank else "full fine-tuning"),
+              f"{cfg.remat_policy}, attention {attention.resolve(cfg.attention, devices[0].platform)}, "
+              + (f"LoRA r={cfg.lora_rank}" if cfg.lora_rank else "full fine-tuning"),
         params=num_params, trainable=run.num_trainable, global_batch=b,
+        microbatches=config.train.microbatches, grad_cache_chunks=config.train.grad_cache_chunks,
         argument_gib=arg / GIB, output_gib=out / GIB, alias_gib=alias / GIB, temp_gib=temp / GIB,
         peak_gib=(arg + out - alias + temp) / GIB, hbm_gib=hbm,
         flops_per_step=step_flops(cfg, batch, 1), compile_s=compile_s,
-        replicated=sharding.undivided(abstract_params(cfg), run.mesh, run.rules))
+        replicated=sharding.undivided(abstract_params(cfg), run.mesh, run.rules), refused=refused)
 
 
 def _cpu_devices_from_argv(argv: list[str]) -> int:

@@ -74,6 +74,16 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
     return PartitionSpec(*(axes if dim % _axes_size(axes, mesh) == 0 else None for dim, axes in zip(shape, padded)))
 
 
+def context_spec(logical_axes: Sequence[str | None], shape: tuple[int, ...]) -> PartitionSpec | None:
+    """The PartitionSpec of an activation with these logical axes under the mesh and rules in
+    context (`jax.set_mesh`, `nn.logical_axis_rules`), axes that do not divide dropped; None
+    outside a multi-device mesh (for code that must run per shard, e.g. under `jax.shard_map`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None
+    return _fit(nn.logical_to_mesh_axes(tuple(logical_axes)), shape, mesh)
+
+
 def _mesh_specs_and_shapes(boxed_tree, rules):
     mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
     # Not nn.unbox: inside a mesh context it would apply sharding constraints to abstract values.
@@ -120,6 +130,16 @@ def data_parallel(devices: Sequence[jax.Device]) -> tuple[NamedSharding, NamedSh
     to every device and the batch rows split over them."""
     mesh = Mesh(np.asarray(list(devices)), ("data",))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded abstract arrays (`jax.ShapeDtypeStruct` with
+    `.sharding`): the largest device's share, leaf by leaf."""
+    total = 0
+    for x in jax.tree_util.tree_leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+    return total
 
 
 def with_shardings(tree, shardings):

@@ -3,11 +3,13 @@ gradients of random tiny models with left padding, GQA / MQA and a sliding windo
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from o1_jax import sharding
 from o1_jax.inference.generate import Sampling, generate
 from o1_jax.models import LlamaConfig, LlamaForCausalLM, attention, init_params
 from o1_jax.models.config import ATTENTION_IMPLEMENTATIONS
@@ -73,6 +75,11 @@ def test_auto_resolves_by_backend_and_bad_names_are_one_sentence():
     for name in ("xla", "dot_product", "splash"):
         assert attention.resolve(name, "gpu") == name
     assert set(ATTENTION_IMPLEMENTATIONS) == {"xla", "dot_product", "splash", "auto"}
+    # dot_product asks for cuDNN only where it exists and takes the dtype (jax's own default is XLA)
+    assert attention.dot_product_backend("gpu", jnp.bfloat16) == "cudnn"
+    assert attention.dot_product_backend("gpu", jnp.float16) == "cudnn"
+    assert attention.dot_product_backend("gpu", jnp.float32) == "xla"
+    assert attention.dot_product_backend("cpu", jnp.bfloat16) == "xla"
     with pytest.raises(ValueError, match=r"^attention='flash': expected one of \('xla', 'dot_product', 'splash', 'auto'\)$"):
         LlamaConfig(attention="flash")
 
@@ -107,3 +114,26 @@ def test_bfloat16_matches_the_einsum_within_bfloat16_rounding(impl):
     # Both round probabilities / outputs to bfloat16 (8 significant bits, u = 2**-8) at different
     # points; a few roundings per layer over 2 layers: 8 u of the largest hidden value bounds it.
     np.testing.assert_allclose(out[impl], out["xla"], rtol=0, atol=8 * 2**-8 * float(np.abs(out["xla"]).max()))
+
+
+def test_splash_runs_per_device_under_a_sharded_mesh():
+    """On a (data 2, fsdp 1, tensor 2) mesh with the training rules in context, splash runs under
+    shard_map (each device its batch rows and kv head) and matches the einsum there."""
+    mesh = sharding.make_mesh((2, 1, 2), jax.devices()[:4])
+    kv, window = CASES["gqa"]
+    params = init_params(_model("xla", kv, window).cfg, jax.random.key(4))
+    ids, mask = _inputs()
+    ids, mask = jnp.concatenate([ids, ids[:1]]), jnp.concatenate([mask, mask[2:3]])  # 4 rows: 2 per data shard
+    real = np.asarray(mask) == 1
+    out, specs = {}, []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        assert attention.target_platform() == "cpu"
+        specs.append(sharding.context_spec(("activation_batch", "kv_heads", None, None), (4, kv, 13, 8)))
+        for impl in ("xla", "splash"):
+            fn = jax.jit(lambda p, i, m, impl=impl: _model(impl, kv, window).apply(
+                {"params": p}, i, attention_mask=m, compute_logits=False).last_hidden_state)
+            out[impl] = np.asarray(fn(params, ids, mask))[real]
+    assert specs == [jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)]
+    atol = reorder_atol(2 * (8 + 13 + 64), float(np.abs(out["xla"]).max()))  # as in the single-device test
+    np.testing.assert_allclose(out["splash"], out["xla"], rtol=0, atol=atol)
+    assert sharding.context_spec(("activation_batch",), (4,)) is None  # outside a mesh: no shard_map

@@ -147,3 +147,45 @@ def test_full_finetuning_state_is_sharded_over_a_v5p_pod():
     pytest.importorskip("libtpu", reason="libtpu is optional: pip install -r requirements-plan.txt")
     result = plan.plan(_config("llama3_8b_o1.py"), plan.topology_devices("v5p:4x4x4"), "v5p:4x4x4")
     assert result.argument_gib < 3 and result.fits
+
+
+def test_grad_cache_lowers_the_planned_peak_and_says_so():
+    config = _config("demo.py", "short")
+    config.mesh.shape = (1, 1, 1)
+    one_shot = plan.plan(config, jax.devices()[:1], "1 CPU device")
+    config.train.grad_cache_chunks = 4
+    chunked = plan.plan(config, jax.devices()[:1], "1 CPU device")
+    assert chunked.grad_cache_chunks == 4 and "GradCache in 4 chunks" in chunked.summary()
+    assert "GradCache" not in one_shot.summary()
+    assert chunked.temp_gib < one_shot.temp_gib  # one chunk's activations instead of the batch's
+    assert chunked.argument_gib == one_shot.argument_gib
+
+
+def test_the_original_recipe_fits_one_80_gb_gpu_with_grad_cache_only():
+    """configs/qwen25_7b_o1.py:h100x1 (GradCache in 8 chunks) fits 80 GB by the CPU compiler's
+    estimate; the same step in one shot does not (README: Scale)."""
+    config = _config("qwen25_7b_o1.py", "h100x1")
+    fits = plan.plan(config, jax.devices()[:1], "1 CPU device", hbm_gib=80)
+    assert fits.grad_cache_chunks == 8 and fits.fits, fits.summary()
+    config.train.grad_cache_chunks = 1
+    assert plan.plan(config, jax.devices()[:1], "1 CPU device", hbm_gib=80).fits is False
+
+
+def test_a_step_the_compiler_refuses_is_reported_as_not_fitting(monkeypatch):
+    """The TPU compiler refuses a program whose temporaries exceed HBM (seen for Llama-3.1-8B at
+    1,024-token documents on v5p:2x2x2); the plan reports it instead of failing."""
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(99.30G) exceeds available HBM (95.74G).")
+
+    class Refusing:
+        def lower(self, *args):
+            return self
+
+        def compile(self):
+            raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(run_lib.Run, "jit_train_step", lambda self: Refusing())
+    result = plan.plan(_config("demo.py", "short"), jax.devices()[:8], "8 CPU devices", hbm_gib=1.0)
+    assert result.fits is False and result.refused == message
+    assert result.temp_gib == pytest.approx(99.30) and result.argument_gib > 0
+    assert "fits: NO, the compiler refused the step" in result.summary() and "(99.30G)" in result.summary()
