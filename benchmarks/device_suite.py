@@ -237,11 +237,16 @@ def synthetic_batch(rng: np.random.Generator, tok: TokenIds, batch: int, group: 
     for j in range(batch * group):
         row = text(max_doc) + [tok.emb]
         doc_ids[j, td - len(row):], doc_mask[j, td - len(row):] = row, 1
+    doc_hash = np.arange(1, batch * group + 1, dtype=np.int32)
+    positive_hash = np.zeros((batch, formatting.MAX_POSITIVE_KEYS), np.int32)
+    positive_hash[:, 0] = doc_hash[::group]
     return {
         "query_ids": query_ids, "query_mask": query_mask,  # [B, Tq]
         "gen_positions": gen_positions, "gen_targets": gen_targets, "gen_weights": gen_weights,  # [B, Kg]
         "doc_ids": doc_ids, "doc_mask": doc_mask,  # [B*G, Td]
         "teacher_scores": np.zeros((batch, group), np.float32), "teacher_mask": np.zeros((batch,), np.float32),
+        # every document distinct, each query's own positive its only known one: nothing is masked
+        "doc_hash": doc_hash, "positive_hash": positive_hash,
     }
 
 

@@ -60,7 +60,8 @@ LOSS_RTOL = 1e-4
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 OPT = {"lr": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "clip_norm": 1.0}  # constant lr
 LOSS = {"temperature": 0.02, "w_ctr": 0.8, "w_gen": 0.2}
-# Interleaving keeps both processes resident (about 8 + 6.5 GiB at the default sizes).
+# Interleaving keeps both processes resident (about 8 + 6.5 GiB at the default sizes; each
+# GradCache side adds about as much again).
 INTERLEAVE_GIB = 16
 
 
@@ -404,7 +405,8 @@ def main() -> None:
     real_tokens = int(batch["query_mask"].sum() + batch["doc_mask"].sum())
     padded_tokens = int(batch["query_mask"].size + batch["doc_mask"].size)
     if args.schedule == "auto":
-        args.schedule = "interleaved" if available_gib() >= INTERLEAVE_GIB else "sequential"
+        resident = INTERLEAVE_GIB * (2 + len(args.grad_cache_chunks)) / 2  # every side's process at once
+        args.schedule = "interleaved" if available_gib() >= resident else "sequential"
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="o1_train_step.") as workdir:
         batch_file, meta_file = os.path.join(workdir, "batch.npz"), os.path.join(workdir, "meta.json")

@@ -40,10 +40,17 @@ def query_pass(model: LlamaForCausalLM, params, batch: dict[str, Any]) -> tuple[
 
 def embedding_losses(q: jax.Array, d: jax.Array, batch: dict[str, Any], loss_cfg) -> dict:
     """InfoNCE (and, when weighted, distillation) of the whole batch's embeddings:
-    {ctr_loss, accuracy[, distill_loss]}."""
+    {ctr_loss, accuracy, false_negatives[, distill_loss]}. A query's known positives met elsewhere
+    in the batch (as another query's positive or hard negative) are left out of its softmax;
+    `false_negatives` is how many the batch had, per query."""
     group_size = d.shape[0] // q.shape[0]
-    ctr, accuracy = losses.contrastive_loss(q, d, loss_cfg.temperature, group_size)
+    exclude = None
+    if "positive_hash" in batch:
+        exclude = losses.false_negatives(batch["positive_hash"], batch["doc_hash"], group_size)
+    ctr, accuracy = losses.contrastive_loss(q, d, loss_cfg.temperature, group_size, exclude)
     metrics = {"ctr_loss": ctr, "accuracy": accuracy}
+    if exclude is not None:
+        metrics["false_negatives"] = jnp.sum(exclude) / q.shape[0]
     if loss_cfg.w_distill:
         metrics["distill_loss"] = losses.distillation_loss(
             q, d, batch["teacher_scores"], batch["teacher_mask"], loss_cfg.temperature, group_size,

@@ -19,7 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["l2_normalize", "token_cross_entropy", "generation_loss", "contrastive_loss", "distillation_loss"]
+__all__ = ["l2_normalize", "token_cross_entropy", "generation_loss", "false_negatives", "contrastive_loss",
+           "distillation_loss"]
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -63,8 +64,22 @@ def generation_loss(
     return loss, num_tokens
 
 
+def false_negatives(positive_hash: jax.Array, doc_hash: jax.Array, group_size: int) -> jax.Array:
+    """`[B, N]` True where document n is a known positive of query i other than i's own positive slot.
+
+    Args:
+      positive_hash: [B, P] int hashes of each query's known positives (0 = padding).
+      doc_hash: [N] int hashes of the batch's documents (0 = unknown: never matches).
+      group_size: G; column i*G is query i's positive, which is never excluded.
+    """
+    b, n = positive_hash.shape[0], doc_hash.shape[0]
+    same = (positive_hash[:, :, None] == doc_hash[None, None, :]) & (positive_hash[:, :, None] != 0)
+    own = jnp.arange(n)[None, :] == (jnp.arange(b) * group_size)[:, None]
+    return jnp.any(same, axis=1) & ~own
+
+
 def contrastive_loss(
-    q: jax.Array, d: jax.Array, temperature: float, group_size: int
+    q: jax.Array, d: jax.Array, temperature: float, group_size: int, exclude: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """InfoNCE of each query against every document in the global batch.
 
@@ -74,6 +89,8 @@ def contrastive_loss(
         query i's group, its positive first, then its hard negatives.
       temperature: softmax temperature (0.02 in the paper).
       group_size: G.
+      exclude: optional [B, N] bool, True where a document is left out of query
+        i's softmax (a false negative: `false_negatives`); never its own positive.
 
     Returns:
       (loss, accuracy): mean cross-entropy over the B queries, and the fraction
@@ -89,6 +106,8 @@ def contrastive_loss(
         precision=jax.lax.Precision.HIGHEST,
     ) / temperature  # [B, N]
     labels = jnp.arange(b) * group_size  # [B], the positive of query i
+    if exclude is not None:
+        scores = jnp.where(exclude, -jnp.inf, scores)
     logp = _log_softmax(scores)
     loss = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
     accuracy = jnp.mean((jnp.argmax(scores, axis=-1) == labels).astype(jnp.float32))

@@ -53,6 +53,15 @@ def test_no_think_query_and_corpus_embeddings_match_the_training_formats(hf_fold
     np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, atol=1e-5)
 
 
+def test_the_attention_kernel_is_chosen_at_load_and_embeds_the_same(hf_folder):
+    assert O1Embedder.from_pretrained(hf_folder).model.cfg.attention == "auto"
+    emb = {impl: O1Embedder.from_pretrained(hf_folder, batch_size=2, attention=impl) for impl in ("xla", "dot_product")}
+    assert emb["dot_product"].model.cfg.attention == "dot_product"
+    q = {impl: e.encode_queries(QUERIES) for impl, e in emb.items()}
+    # Unit vectors from 2 layers of width 32: a few float32 reorderings per layer (test_attention.py's bound).
+    np.testing.assert_allclose(q["dot_product"], q["xla"], rtol=0, atol=reorder_atol(2 * (8 + 16 + 64), 1.0))
+
+
 def test_thinking_embeddings_average_the_k_thoughts(hf_folder):
     emb = O1Embedder.from_pretrained(hf_folder, max_thought_tokens=5, batch_size=4)
     sampling = Sampling(max_new_tokens=5, temperature=1.0)

@@ -1,10 +1,12 @@
 """O1 token layouts, left padding, generation targets, truncation and group sampling, with a real tokenizer."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from o1_jax import losses
 from o1_jax.data import formatting
 from o1_jax.data.formatting import Formatter, add_special_tokens, build_example
 
@@ -114,7 +116,8 @@ def test_collate_train_shapes_padding_and_targets(tok):
         "gen_positions": ((b, f.Kg), np.int32), "gen_targets": ((b, f.Kg), np.int32),
         "gen_weights": ((b, f.Kg), np.float32), "doc_ids": ((b * g, f.Td), np.int32),
         "doc_mask": ((b * g, f.Td), np.int32), "teacher_scores": ((b, g), np.float32),
-        "teacher_mask": ((b,), np.float32),
+        "teacher_mask": ((b,), np.float32), "doc_hash": ((b * g,), np.int32),
+        "positive_hash": ((b, formatting.MAX_POSITIVE_KEYS), np.int32),
     }
     assert set(batch) == set(expect)
     for k, (shape, dtype) in expect.items():
@@ -253,6 +256,26 @@ def test_build_example_is_deterministic():
                          for i, r in enumerate(recs * 5)]
     assert draw(0) == draw(0)
     assert draw(0) != draw(100)
+
+
+def test_collate_train_carries_ids_or_texts_of_documents_and_positives(tok):
+    """(tests/test_false_negatives.py has the loss.) Query 0's positive (corpus id d7) is query 1's
+    hard negative under another title: masked out of query 0's softmax only."""
+    rng = np.random.default_rng(0)
+    shared = {"title": "t", "text": "a document two records share", "id": "d7"}
+    recs = [{"id": "q0", "query": "first", "pos": [shared], "neg": [{"title": "", "text": "n0"}]},
+            {"id": "q1", "query": "second", "pos": [{"title": "", "text": "p1"}],
+             "neg": [dict(shared, title="a different title, the same id")]}]
+    examples = [formatting.build_example(r, rng, 2, 0.0) for r in recs]
+    assert examples[1]["doc_keys"] == ["text:p1", "id:d7"]
+    two = formatting.build_example({"query": "q", "pos": [shared, "another positive"], "neg": ["n"]}, rng, 2, 0.0)
+    assert sorted(two["positive_keys"]) == ["id:d7", "text:another positive"]
+    assert two["positive_keys"][0] == two["doc_keys"][0]  # the chosen positive first
+    batch = formatting.Formatter(tok, 8, 8, 16).collate_train(examples)
+    assert batch["doc_hash"].shape == (4,) and batch["positive_hash"].shape == (2, formatting.MAX_POSITIVE_KEYS)
+    assert batch["doc_hash"][0] == batch["doc_hash"][3] == formatting.key_hash("id:d7")
+    exclude = losses.false_negatives(jnp.asarray(batch["positive_hash"]), jnp.asarray(batch["doc_hash"]), 2)
+    assert np.asarray(exclude).tolist() == [[False, False, False, True], [False] * 4]
 
 
 def test_train_batch_shapes_match_collate_train(tok):

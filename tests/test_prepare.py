@@ -53,7 +53,8 @@ def test_records_and_hard_negatives(tmp_path, capsys):
     records = {r["id"]: r for r in read_records(out)}
     assert sorted(records) == ["q1", "q2"]  # q3 has only a score-0 judgement; q4 none
     q1, q2 = records["q1"], records["q2"]
-    assert q1["pos"] == [{"title": "Solar panels", "text": DOCS["d1"][1]}]
+    assert q1["pos"] == [{"title": "Solar panels", "text": DOCS["d1"][1], "id": "d1"}]  # ids: false-negative masking
+    assert all(d["id"] in DOCS for r in records.values() for d in r["pos"] + r["neg"])
     assert [d["text"] for d in q2["pos"]] == [DOCS["d6"][1]]  # score 0 is not a positive
     for r in records.values():
         assert len(r["neg"]) == 3

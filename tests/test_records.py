@@ -18,7 +18,7 @@ def _write_lines(path, lines):
 def test_normalize_doc_and_doc_text():
     assert normalize_doc("plain") == {"title": "", "text": "plain"}
     assert normalize_doc({"text": "body"}) == {"title": "", "text": "body"}
-    assert normalize_doc({"title": "T", "text": "body", "_id": "7"}) == {"title": "T", "text": "body"}
+    assert normalize_doc({"title": "T", "text": "body", "_id": "7"}) == {"title": "T", "text": "body", "id": "7"}
     assert doc_text({"title": "Title", "text": "body "}) == "Title body"
     assert doc_text({"title": "", "text": " body"}) == "body"
     assert doc_text("just text") == "just text"

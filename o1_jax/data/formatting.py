@@ -20,11 +20,16 @@ bounds the number of compiled shapes.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from o1_jax.data.records import doc_text  # one definition; re-exported, formatting is where batches use it
+from o1_jax.data.records import doc_key, doc_text  # one definition each; re-exported for the batches
+
+# A query's known positives, as hashes, travel with the batch so that the step can keep them out
+# of its InfoNCE negatives wherever they appear in the global batch (losses.false_negatives).
+MAX_POSITIVE_KEYS = 8  # the chosen positive first, then the record's other positives
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -74,7 +79,9 @@ def build_example(
     the record has them. Deterministic given `rng`.
 
     Returns:
-      {"id", "query", "thought", "docs": [G str], "teacher_scores": [G float] or None}
+      {"id", "query", "thought", "docs": [G str], "teacher_scores": [G float] or None,
+       "doc_keys": [G str] (`doc_key` of each document), "positive_keys": the chosen positive's key,
+       then the record's other positives' keys}
     """
     rid = record.get("id", "<no id>")
     if group_size < 1:
@@ -111,7 +118,16 @@ def build_example(
                 f"(got {len(ps)} for {len(pos)} pos, {len(ns or [])} for {len(neg)} neg)."
             )
         teacher = [float(ps[p])] + [float(ns[j]) for j in n_idx]
-    return {"id": rid, "query": str(record["query"]), "thought": thought, "docs": docs, "teacher_scores": teacher}
+    doc_keys = [doc_key(pos[p])] + [doc_key(neg[j]) for j in n_idx]
+    positive_keys = [doc_keys[0]] + [doc_key(d) for i, d in enumerate(pos) if i != p]
+    return {"id": rid, "query": str(record["query"]), "thought": thought, "docs": docs, "teacher_scores": teacher,
+            "doc_keys": doc_keys, "positive_keys": positive_keys}
+
+
+def key_hash(key: str) -> int:
+    """A document key as a positive int32 (0 is padding): 31 bits of blake2b. Two different
+    documents share a hash with probability 2**-31, which would drop one true negative."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF or 1
 
 
 class QueryTokens(NamedTuple):
@@ -140,7 +156,8 @@ def train_batch_shapes(batch: int, group: int, max_query_tokens: int, max_though
             "gen_positions": ((batch, kg), np.int32), "gen_targets": ((batch, kg), np.int32),
             "gen_weights": ((batch, kg), np.float32),
             "doc_ids": ((batch * group, td), np.int32), "doc_mask": ((batch * group, td), np.int32),
-            "teacher_scores": ((batch, group), np.float32), "teacher_mask": ((batch,), np.float32)}
+            "teacher_scores": ((batch, group), np.float32), "teacher_mask": ((batch,), np.float32),
+            "doc_hash": ((batch * group,), np.int32), "positive_hash": ((batch, MAX_POSITIVE_KEYS), np.int32)}
 
 
 class Formatter:
@@ -236,7 +253,9 @@ class Formatter:
 
         Returns query_ids/query_mask [B, Tq] int32, gen_positions/gen_targets
         [B, Kg] int32, gen_weights [B, Kg] float32, doc_ids/doc_mask [B*G, Td]
-        int32, teacher_scores [B, G] float32, teacher_mask [B] float32.
+        int32, teacher_scores [B, G] float32, teacher_mask [B] float32, doc_hash [B*G] int32 and
+        positive_hash [B, MAX_POSITIVE_KEYS] int32 (`key_hash` of the documents' and of each query's
+        known positives' keys, 0 = none; examples without keys get none, so nothing is masked).
         """
         if not examples:
             raise ValueError("collate_train: got no examples.")
@@ -265,11 +284,19 @@ class Formatter:
             if ex.get("teacher_scores") is not None:
                 teacher_scores[i] = ex["teacher_scores"]
                 teacher_mask[i] = 1.0
+        doc_hash = np.zeros((b * g,), np.int32)
+        positive_hash = np.zeros((b, MAX_POSITIVE_KEYS), np.int32)
+        for i, ex in enumerate(examples):
+            if ex.get("doc_keys"):
+                doc_hash[i * g:(i + 1) * g] = [key_hash(k) for k in ex["doc_keys"]]
+                keys = ex["positive_keys"][:MAX_POSITIVE_KEYS]
+                positive_hash[i, :len(keys)] = [key_hash(k) for k in keys]
         return {
             "query_ids": query_ids, "query_mask": query_mask,  # [B, Tq]
             "gen_positions": gen_positions, "gen_targets": gen_targets, "gen_weights": gen_weights,  # [B, Kg]
             "doc_ids": doc_ids, "doc_mask": doc_mask,  # [B*G, Td]
             "teacher_scores": teacher_scores, "teacher_mask": teacher_mask,  # [B, G], [B]
+            "doc_hash": doc_hash, "positive_hash": positive_hash,  # [B*G], [B, P]
         }
 
     def collate_queries(self, queries: Sequence[str], thoughts: Sequence[str] | None = None,

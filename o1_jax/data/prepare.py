@@ -4,7 +4,8 @@
       --negatives 15 --out scifact_train.jsonl [--seed 0] [--depth 100] [--max_queries N] [--overwrite]
 
 One record per query with at least one positive (qrels score > 0):
-{"id": query id, "query", "pos": [{title, text}, ...], "neg": [{title, text}, ...]}.
+{"id": query id, "query", "pos": [{title, text, id}, ...], "neg": [{title, text, id}, ...]}
+(documents carry their corpus id, so training can mask a positive met as another query's document).
 Negatives are the first `negatives` documents of the bm25s top-`depth` (English
 stopwords, document = title + " " + text) that are not positives and score > 0;
 when BM25 finds fewer, the rest are drawn at random from the corpus (seeded),
@@ -50,8 +51,8 @@ def build_records(corpus, queries, qrels, negatives: int, depth: int, seed: int,
         records.append({
             "id": qid,
             "query": queries[qid],
-            "pos": [corpus[d] for d in pos],
-            "neg": [corpus[d] for d in neg],
+            "pos": [dict(corpus[d], id=d) for d in pos],  # the ids let training mask false negatives
+            "neg": [dict(corpus[d], id=d) for d in neg],
         })
     return records
 

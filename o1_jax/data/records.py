@@ -5,7 +5,9 @@ One JSON object per line:
    "all_thought": [str, ...], "pos_scores": [float], "neg_scores": [float],
    "id": str | int, ...}
 `thought`, `neg`, `all_thought`, the scores and `id` are optional; other keys
-are kept as they are. A doc is a string or a {"title": str, "text": str} object.
+are kept as they are. A doc is a string or a {"title": str, "text": str} object, optionally with
+its corpus "id" (or BEIR's "_id"), which training uses to find a query's positives elsewhere in
+the batch (`formatting.doc_key`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def _normalize_doc(doc: Any, where: str) -> dict:
         if title is None:
             title = ""
         if isinstance(text, str) and isinstance(title, str):
-            return {"title": title, "text": text}
+            out = {"title": title, "text": text}
+            doc_id = doc.get("id", doc.get("_id"))  # BEIR's corpus spells it _id
+            if isinstance(doc_id, (str, int)) and not isinstance(doc_id, bool):
+                out["id"] = str(doc_id)
+            return out
     raise RecordError(
         f"{where} must be a string or a {{\"title\": str, \"text\": str}} object, got {_short(doc)}."
     )
@@ -53,6 +59,13 @@ def _short(value: Any, limit: int = 60) -> str:
 def normalize_doc(doc: Any) -> dict:
     """A document as {"title": str, "text": str} (title "" when absent)."""
     return _normalize_doc(doc, "a document")
+
+
+def doc_key(doc: Any) -> str:
+    """What identifies a document across records: its corpus id when it has one, else its text."""
+    if isinstance(doc, dict) and doc.get("id", doc.get("_id")) is not None:
+        return "id:" + str(doc.get("id", doc.get("_id")))
+    return "text:" + doc_text(doc)
 
 
 def doc_text(doc: Any) -> str:

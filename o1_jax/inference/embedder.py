@@ -56,25 +56,28 @@ class O1Embedder:
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", devices: Sequence[jax.Device] | None = None,
-                        **kwargs) -> "O1Embedder":
+                        attention: str | None = None, **kwargs) -> "O1Embedder":
         """A training workdir (its latest intact checkpoint, parameters only; local or a URL such as
         gs://...), or an HF folder (special tokens added if missing); `path` is any model spec
-        (o1_jax.model_specs: also shipped:NAME, package:MOD/dir). `kwargs` override the run's
-        length limits and sampling (the keyword arguments of `O1Embedder`)."""
+        (o1_jax.model_specs: also shipped:NAME, package:MOD/dir). `attention` picks the kernel of the
+        cache-free forwards (o1_jax.models.attention; None: the run's `model.attention`, "auto" for an
+        HF folder). `kwargs` override the run's length limits and sampling (the keyword arguments of
+        `O1Embedder`)."""
         folder = model_specs.resolve(path, "path")
         devices = list(devices or jax.local_devices())
         if workdir_lib.is_workdir(folder):
             replicated, _ = sharding.data_parallel(devices)
             restored = workdir_lib.restore_params(folder, devices=devices, shardings=replicated)
             model = restored.model
-            if dtype != model.cfg.dtype:
-                model = LlamaForCausalLM(model.cfg.replace(dtype=dtype))
+            if dtype != model.cfg.dtype or attention not in (None, model.cfg.attention):
+                model = LlamaForCausalLM(model.cfg.replace(dtype=dtype, attention=attention or model.cfg.attention))
             d, e = restored.config.data, restored.config.get("eval", {})
             run_defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
                                 max_doc_tokens=d.max_doc_tokens, think_temperature=e.get("temperature", defaults.THINK_TEMPERATURE),
                                 think_top_p=e.get("top_p", defaults.THINK_TOP_P))
             return cls(model, restored.params, restored.tokenizer, devices=devices, **{**run_defaults, **kwargs})
         model, params = hf.load_pretrained(folder, dtype=dtype)
+        model = LlamaForCausalLM(model.cfg.replace(attention=attention or "auto"))
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         known = len(tokenizer)
         ids = sorted(formatting.add_special_tokens(tokenizer).values())
