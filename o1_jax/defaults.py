@@ -180,6 +180,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.max_doc_tokens = 0
     c.aggregate = "mean_normalized"  # or "mean", as the original
     c.top_k = 1000
+    c.ignore_identical_ids = True  # drop a retrieved document whose id is the query's (BEIR's default)
     c.index_mode = "auto"  # exact below 20k documents, ScaNN above
     c.max_queries = 0  # 0 = all judged queries
     c.batch_size = 0  # 0 = the embedder's default

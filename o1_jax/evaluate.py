@@ -72,10 +72,11 @@ def evaluate(config, path: str) -> dict:
     folder = pathlib.Path(config.data.path)
     kind = config.model.kind
     if kind == "bm25":
-        return evaluate_bm25(folder, config.data.split, top_k=config.top_k, max_queries=config.max_queries)
+        return evaluate_bm25(folder, config.data.split, top_k=config.top_k, max_queries=config.max_queries,
+                             ignore_identical_ids=config.ignore_identical_ids)
     if kind == "dense":
         return evaluate_dense(path, folder, config.data.split, top_k=config.top_k,
-                              max_queries=config.max_queries, **({"batch_size": config.batch_size} if config.batch_size else {}))
+                              max_queries=config.max_queries, ignore_identical_ids=config.ignore_identical_ids, **({"batch_size": config.batch_size} if config.batch_size else {}))
     overrides = {key: config[key] for key in LENGTH_KEYS + ("batch_size",) if config[key]}
     overrides.update({f"think_{key}": config[key] for key in ("temperature", "top_p") if config[key] is not None})
     embedder = O1Embedder.from_pretrained(path, dtype=config.model.dtype, **overrides)
@@ -85,7 +86,8 @@ def evaluate(config, path: str) -> dict:
     return evaluate_beir(embedder, folder, config.data.split, num_thoughts=config.num_thoughts,
                          modes=tuple(config.modes), top_k=config.top_k, index_mode=config.index_mode,
                          cache_dir=cache, max_queries=config.max_queries, seed=config.seed,
-                         aggregate=config.aggregate, compare_scann=config.compare_scann)
+                         aggregate=config.aggregate, compare_scann=config.compare_scann,
+                         ignore_identical_ids=config.ignore_identical_ids)
 
 
 def output_path(config, path: str) -> epath.Path:

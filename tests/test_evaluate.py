@@ -239,3 +239,32 @@ def test_cli_bad_folder_is_one_sentence(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {tmp_path / 'nowhere'}: no such folder" in proc.stderr
     assert not out.exists()
+
+
+def _arguana_like(folder):
+    """Each query is also a corpus document (same id and text, as in ArguAna); its relevant document
+    is its counter-argument."""
+    args = {"a1": "cats are the best pets because they are quiet",
+            "a2": "dogs are better pets than cats because they are loyal",
+            "a3": "tea is healthier than coffee for most people",
+            "a4": "coffee has more antioxidants than tea in most studies"}
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for did, text in args.items():
+            f.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for qid in ("a1", "a3"):
+            f.write(json.dumps({"_id": qid, "text": args[qid]}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\na1\ta2\t1\na3\ta4\t1\n")
+    return folder
+
+
+def test_self_hits_are_dropped_before_scoring_unless_switched_off(tmp_path):
+    folder = _arguana_like(tmp_path / "arguana")
+    kept = evaluate_bm25(folder, ignore_identical_ids=False)["modes"]["bm25"]
+    dropped = evaluate_bm25(folder)["modes"]["bm25"]  # the default, as BEIR's
+    # BM25 ranks each query's own document first: its counter-argument comes second, or first once the self-hit goes
+    assert kept["mrr@10"] == pytest.approx(0.5) and kept["ndcg@10"] == pytest.approx(1 / math.log2(3))
+    assert dropped["mrr@10"] == pytest.approx(1.0) and dropped["ndcg@10"] == pytest.approx(1.0)
+    assert dropped["per_query"] == {q: {m: pytest.approx(1.0) for m in METRICS} for q in ("a1", "a3")}
+    assert set(kept["per_query"]) == {"a1", "a3"} and kept["per_query"]["a1"]["mrr@10"] == pytest.approx(0.5)

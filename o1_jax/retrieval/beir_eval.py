@@ -31,19 +31,40 @@ from o1_jax.retrieval.vector_index import Index, recall_at_k
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 
 
-def ir_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
-    """Mean metrics over the judged queries (a judged query missing from the run scores 0)."""
+def drop_self_hits(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """The run without documents whose id is their query's id (BEIR's `ignore_identical_ids`, on by
+    default there: in ArguAna or Quora a query is also a corpus document and would find itself)."""
+    return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+
+
+def per_query_metrics(run: Mapping[str, Mapping[str, float]],
+                      qrels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, float]]:
+    """{query id: {metric: value}} for every judged query (one missing from the run scores 0)."""
     run = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in qrels}
     qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100,1000"}).evaluate(run)
     top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
 
-    def mean(table, key):
-        return float(np.mean([table.get(q, {}).get(key, 0.0) for q in qrels]))
+    names = {"ndcg@10": (full, "ndcg_cut_10"), "mrr@10": (rr, "recip_rank"), "recall@100": (full, "recall_100"),
+             "recall@1000": (full, "recall_1000")}
+    return {q: {m: float(table.get(q, {}).get(key, 0.0)) for m, (table, key) in names.items()} for q in qrels}
 
-    return {"ndcg@10": mean(full, "ndcg_cut_10"), "mrr@10": mean(rr, "recip_rank"),
-            "recall@100": mean(full, "recall_100"), "recall@1000": mean(full, "recall_1000")}
+
+def ir_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """Mean metrics over the judged queries (a judged query missing from the run scores 0)."""
+    per_query = per_query_metrics(run, qrels)
+    return {m: float(np.mean([per_query[q][m] for q in qrels])) for m in METRICS}
+
+
+def scored(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+           ignore_identical_ids: bool) -> dict[str, Any]:
+    """A mode's entry of the results: the mean metrics and, under "per_query", each query's (for paired
+    comparisons), after dropping self-hits when `ignore_identical_ids`."""
+    if ignore_identical_ids:
+        run = drop_self_hits(run)
+    per_query = per_query_metrics(run, qrels)
+    return {**{m: float(np.mean([per_query[q][m] for q in qrels])) for m in METRICS}, "per_query": per_query}
 
 
 def params_fingerprint(params) -> str:
@@ -124,13 +145,15 @@ def parse_mode(mode: str, num_thoughts: int) -> tuple[str, int]:
 def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, num_thoughts: int = 3,
                   modes: tuple[str, ...] = ("no_think", "think"), top_k: int = 1000, index_mode: str = "auto",
                   cache_dir: str | os.PathLike | None = None, max_queries: int = 0, seed: int = 0,
-                  aggregate: str = "mean_normalized", compare_scann: bool = False) -> dict[str, Any]:
+                  aggregate: str = "mean_normalized", compare_scann: bool = False,
+                  ignore_identical_ids: bool = True) -> dict[str, Any]:
     """Scores each mode on a BEIR folder; returns {"modes": {mode: metrics}, ...timings and settings}.
 
     A mode is "no_think", "think" (num_thoughts thoughts) or "think:K". With `compare_scann`, the
     same query vectors are also searched in a ScaNN index (tree + AH + reordering, forced whatever
     the corpus size) and each mode gets a "scann" entry: its metrics and the recall of its top-10
     against exact search (the evaluation's own index when it is exact, else an exact one built for it).
+    `ignore_identical_ids` drops a document retrieved for the query of the same id before scoring.
     """
     folder = pathlib.Path(folder)
     parsed = [parse_mode(m, num_thoughts) for m in modes]  # bad modes fail before any encoding
@@ -160,10 +183,10 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
             q = embedder.encode_queries(texts, num_thoughts=k, seed=seed, aggregate=aggregate)
         encode_q = time.perf_counter() - t
         run = search_run(index, q, judged, top_k)
-        results["modes"][name] = {**ir_metrics(run, qrels), "query_encode_s": encode_q}
+        results["modes"][name] = {**scored(run, qrels, ignore_identical_ids), "query_encode_s": encode_q}
         if compare_scann:
             runs = {i.mode: run if i is index else search_run(i, q, judged, top_k) for i in (exact, scann)}
-            results["modes"][name]["scann"] = {**ir_metrics(runs["scann"], qrels),
+            results["modes"][name]["scann"] = {**scored(runs["scann"], qrels, ignore_identical_ids),
                                                "recall@10_vs_exact": overlap_at(runs["scann"], runs["exact"], 10)}
     return results
 
@@ -172,7 +195,7 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
 
 
 def evaluate_bm25(folder: str | os.PathLike, split: str = "test", *, top_k: int = 1000,
-                  max_queries: int = 0) -> dict[str, Any]:
+                  max_queries: int = 0, ignore_identical_ids: bool = True) -> dict[str, Any]:
     """BM25 (o1_jax.retrieval.bm25) as a baseline row."""
     folder = pathlib.Path(folder)
     corpus, judged, texts, qrels = judged_split(folder, split, max_queries)
@@ -181,11 +204,11 @@ def evaluate_bm25(folder: str | os.PathLike, split: str = "test", *, top_k: int 
     hits = BM25([doc_text(corpus[d]) for d in doc_ids]).top(texts, top_k)
     run = {qid: {doc_ids[i]: s for i, s in row} for qid, row in zip(judged, hits)}
     return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
-            "index_mode": "bm25", "modes": {"bm25": {**ir_metrics(run, qrels), "seconds": time.perf_counter() - t}}}
+            "index_mode": "bm25", "modes": {"bm25": {**scored(run, qrels, ignore_identical_ids), "seconds": time.perf_counter() - t}}}
 
 
 def evaluate_dense(model_path: str, folder: str | os.PathLike, split: str = "test", *, top_k: int = 1000,
-                   max_queries: int = 0, batch_size: int = 64) -> dict[str, Any]:
+                   max_queries: int = 0, batch_size: int = 64, ignore_identical_ids: bool = True) -> dict[str, Any]:
     """A sentence-transformers model (e.g. all-MiniLM-L6-v2) as a baseline row: normalised embeddings,
     exact inner-product search, document = title + " " + text."""
     folder = pathlib.Path(folder)
@@ -200,7 +223,7 @@ def evaluate_dense(model_path: str, folder: str | os.PathLike, split: str = "tes
     run = search_run(index, encoder.encode(texts), judged, top_k)
     return {"folder": str(folder), "split": split, "num_queries": len(judged), "num_docs": len(doc_ids),
             "corpus_encode_s": encode_s, "index_mode": "exact",
-            "modes": {"dense": {**ir_metrics(run, qrels), "query_encode_s": time.perf_counter() - t}}}
+            "modes": {"dense": {**scored(run, qrels, ignore_identical_ids), "query_encode_s": time.perf_counter() - t}}}
 
 
 def format_table(results: Mapping[str, Any]) -> str:
