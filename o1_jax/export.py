@@ -26,7 +26,7 @@ import sys
 import jax
 from etils import epath
 
-from o1_jax import cli, files
+from o1_jax import cli, defaults, files
 from o1_jax.hf import model_card, o1_folder
 from o1_jax.training import workdir as workdir_lib
 
@@ -100,7 +100,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
     evals = read_eval_results(workdir)
     restored = workdir_lib.restore_params(workdir, resolve_step(workdir, step),
                                           devices=_devices(saved, workdir / workdir_lib.RUN_CONFIG))
-    d = restored.config.data
+    d, e = restored.config.data, restored.config.get("eval", {})
     run = model_card.RunSummary(workdir=str(workdir), step=restored.step, config=saved["config"],
                                 original_vocab=original_vocab, evals=evals)
     with files.staged_folder(out) as staging:
@@ -108,7 +108,8 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
             staging, restored.model, restored.params, restored.tokenizer,
             max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
             max_doc_tokens=d.max_doc_tokens, run=run, tokenizer_source=str(workdir / workdir_lib.TOKENIZER),
-            max_shard_size=max_shard_size)
+            max_shard_size=max_shard_size, think_temperature=float(e.get("temperature", defaults.THINK_TEMPERATURE)),
+            think_top_p=float(e.get("top_p", defaults.THINK_TOP_P)), num_thoughts=int(e.get("num_thoughts", 1)))
     return out
 
 

@@ -19,7 +19,7 @@ import yaml
 from o1_jax import export as export_mod
 from o1_jax import forward
 from o1_jax.data import synthetic
-from o1_jax.hf import model_card
+from o1_jax.hf import model_card, o1_folder
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.models.llama import default_positions
 from o1_jax.training import loop, workdir as workdir_lib
@@ -252,3 +252,21 @@ def test_bad_input_is_one_clear_error(tmp_path, exported):
     with pytest.raises(ValueError, match=r"eval/x.json: not valid JSON"):
         export_mod.export(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_keeps_the_runs_lengths_and_thinking_settings(exported):
+    """O1Embedder on the export uses the run's lengths and sampling (not 64 / 128 / 256) and embeds
+    like the workdir: the same parameters (LoRA merged, float32) and the same formats."""
+    workdir, out = exported["full"]
+    settings = json.loads((out / o1_folder.SETTINGS).read_text())
+    config = workdir_lib.read_run_config(workdir)[1]
+    assert settings == {"max_query_tokens": config.data.max_query_tokens, "max_thought_tokens": config.data.max_thought_tokens,
+                        "max_doc_tokens": config.data.max_doc_tokens, "think_temperature": config.eval.temperature,
+                        "think_top_p": config.eval.top_p, "num_thoughts": config.eval.num_thoughts}
+    from_export, from_workdir = O1Embedder.from_pretrained(out), O1Embedder.from_pretrained(workdir)
+    for emb in (from_export, from_workdir):
+        f = emb.formatter
+        assert (f.max_query_tokens, f.max_thought_tokens, f.max_doc_tokens) == (12, 20, 14)  # configs/demo.py
+        assert (emb.think_temperature, emb.think_top_p) == (config.eval.temperature, config.eval.top_p)
+    np.testing.assert_allclose(from_export.encode_queries(QUERIES), from_workdir.encode_queries(QUERIES), rtol=0,
+                               atol=1e-5)  # unit vectors; the export's weights are the workdir's, reordered sums only

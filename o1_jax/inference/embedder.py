@@ -21,6 +21,7 @@ import transformers
 
 from o1_jax import defaults, forward, hf, model_specs, sharding
 from o1_jax.data import formatting
+from o1_jax.hf import o1_folder
 from o1_jax.inference.generate import Sampling, generate
 from o1_jax.models.llama import LlamaForCausalLM
 from o1_jax.models.vocab import resize_vocab
@@ -78,13 +79,15 @@ class O1Embedder:
             return cls(model, restored.params, restored.tokenizer, devices=devices, **{**run_defaults, **kwargs})
         model, params = hf.load_pretrained(folder, dtype=dtype)
         model = LlamaForCausalLM(model.cfg.replace(attention=attention or "auto"))
+        exported = o1_folder.read_settings(folder)  # an o1_jax export: its run's lengths and sampling
+        exported.pop("num_thoughts", None)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         known = len(tokenizer)
         ids = sorted(formatting.add_special_tokens(tokenizer).values())
         if len(tokenizer) > known or max(ids) >= model.cfg.vocab_size:  # a plain LLM: give it the O1 tokens
             params, cfg = resize_vocab(params, model.cfg, len(tokenizer), ids, min(known, model.cfg.vocab_size))
             model = LlamaForCausalLM(cfg)
-        return cls(model, params, tokenizer, devices=devices, **kwargs)
+        return cls(model, params, tokenizer, devices=devices, **{**exported, **kwargs})
 
     def _shard(self, *arrays):
         return [jax.device_put(np.asarray(a), self._rows) for a in arrays]
