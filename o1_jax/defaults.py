@@ -212,6 +212,9 @@ def synthesis_config() -> ml_collections.ConfigDict:
         num_examples=3,  # few-shot examples per prompt, from other records
         example_max_words=64,  # each example passage is cut to this many words (0: whole)
     ))
+    # Degenerate candidates (empty, too short, loops, the query again, chat meta-text: o1_jax/synthesis/
+    # degenerate.py) cannot win the vote; a record with nothing else keeps no thought.
+    c.filter = ml_collections.ConfigDict(dict(enabled=True, min_words=5))
     c.committee = ml_collections.ConfigDict()
     c.committee.rule = "soft"  # soft | hard
     c.committee.members = ml_collections.ConfigDict()

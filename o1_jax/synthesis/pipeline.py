@@ -36,6 +36,7 @@ from o1_jax.data.records import RecordError, iter_json_lines, validate_record
 from o1_jax.files import atomic_open
 from o1_jax.metrics import ProgressBar
 from o1_jax.synthesis import committee as committee_lib
+from o1_jax.synthesis import degenerate
 from o1_jax.synthesis.expert import Expert, FewShotPool, GenerationSettings, LlamaExpert, stable_hash
 
 
@@ -121,11 +122,19 @@ def chunk_seed(seed: int, ids: Sequence[str]) -> int:
 
 # ----------------------------------------------------------------------------- the loop
 
+REJECTED_SCORE = -1e30  # a degenerate candidate's score in the vote
+
 
 def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Sequence[committee_lib.Member], *,
                output: str | os.PathLike, num_candidates: int = 3, seed: int = 0, chunk_size: int = 64,
-               rule: str = "soft", progress: bool = True) -> dict:
-    """Runs (or resumes) synthesis over `inputs` (from `read_inputs`) and returns the summary."""
+               rule: str = "soft", progress: bool = True, reject_degenerate: bool = True, min_words: int = 5) -> dict:
+    """Runs (or resumes) synthesis over `inputs` (from `read_inputs`) and returns the summary.
+
+    With `reject_degenerate`, candidates that `degenerate.rejection` flags (empty, too short, loops,
+    the query again, chat meta-text) cannot win the vote; their reasons are kept in the record's
+    `committee.rejected` and counted in the summary. A record whose every candidate is rejected keeps
+    no thought (`thought` "", `committee.chosen` null): it trains without one.
+    """
     if num_candidates < 1 or chunk_size < 1:
         raise ValueError(f"num_candidates={num_candidates}, chunk_size={chunk_size}: expected >= 1")
     if rule not in committee_lib.RULES:
@@ -153,17 +162,23 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
             candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]),
                                         on_batch=bar.advance)
             scores = {m.name: m.score(records, candidates) for m in members}
-            result = committee_lib.vote(scores, weights, rule)
+            rejected = [[degenerate.rejection(t, rec["query"], min_words) if reject_degenerate else None
+                         for t in cands] for rec, cands in zip(records, candidates)]
+            out_of_vote = np.array([[r is not None for r in row] for row in rejected])
+            # A rejected candidate scores below any real one for every member (finite: a zero weight times it is 0).
+            result = committee_lib.vote({m: np.where(out_of_vote, REJECTED_SCORE, s) for m, s in scores.items()},
+                                        weights, rule)
             for i, ((obj, rec), cands) in enumerate(zip(chunk, candidates)):
-                c = int(result.chosen[i])
+                c = None if out_of_vote[i].all() else int(result.chosen[i])
                 record_committee = {
                     "rule": rule, "chosen": c, "weights": weights,
                     "scores": {m: [round(float(s), 6) for s in scores[m][i]] for m in names},
                     "picks": {m: int(result.picks[m][i]) for m in names},
+                    "rejected": {str(j): why for j, why in enumerate(rejected[i]) if why is not None},
                 }
                 out = dict(obj)
-                out.update(id=obj.get("id", rec["id"]), all_thought=list(cands), thought=cands[c],
-                           committee=record_committee)
+                out.update(id=obj.get("id", rec["id"]), all_thought=list(cands),
+                           thought="" if c is None else cands[c], committee=record_committee)
                 appender.write(out)
                 committees.append(record_committee)
     finally:
@@ -181,11 +196,17 @@ def summarize(committees: Sequence[dict], seed: int = 0) -> dict:
     candidate (a seeded uniform draw per record) and vs all candidates (the random draw's expectation)."""
     rng = np.random.default_rng(seed)
     members: dict[str, dict] = {}
-    candidates = 0
+    candidates, no_thought = 0, 0
+    reasons = dict.fromkeys(degenerate.REASONS, 0)
     for c in committees:
         n = len(next(iter(c["scores"].values())))
         candidates += n
         random_pick = int(rng.integers(n))
+        for why in c.get("rejected", {}).values():
+            reasons[why] = reasons.get(why, 0) + 1
+        if c["chosen"] is None:  # every candidate rejected: no thought, no rank to compare
+            no_thought += 1
+            continue
         for m, s in c["scores"].items():
             ranks = 1.0 / np.asarray(s, np.float64)
             st = members.setdefault(m, {"records": 0, "agree": 0, "rank_chosen": 0.0, "rank_random": 0.0,
@@ -200,11 +221,14 @@ def summarize(committees: Sequence[dict], seed: int = 0) -> dict:
                  "mean_rank_random": st["rank_random"] / st["records"],
                  "mean_rank_all_candidates": st["rank_mean"] / st["records"]}
              for m, st in sorted(members.items())}
-    return {"records": len(committees), "candidates": candidates, "members": table}
+    return {"records": len(committees), "candidates": candidates, "rejected": reasons,
+            "records_without_thought": no_thought, "members": table}
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"records: {summary['records']}, candidate thoughts: {summary['candidates']}",
+    rejected = ", ".join(f"{why} {n}" for why, n in summary["rejected"].items() if n) or "none"
+    lines = [f"records: {summary['records']}, candidate thoughts: {summary['candidates']}; rejected before the "
+             f"vote: {rejected}; records left without a thought: {summary['records_without_thought']}",
              "| member | agrees with the vote | mean positive rank, chosen | random candidate | all candidates |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for m, st in summary["members"].items():
@@ -231,6 +255,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             bad(key, config[key], "an integer >= 1")
     if config.limit < 0:
         bad("limit", config.limit, "0 (all records) or a positive count")
+    if config.filter.min_words < 0:
+        bad("filter.min_words", config.filter.min_words, "a count >= 0")
     e = config.expert
     for key in ("batch_size", "max_new_tokens", "bucket"):
         if e[key] < 1:
@@ -275,7 +301,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
     expert = build_expert(config, [rec for _, rec in every])
     summary = synthesize(inputs, expert, members, output=pathlib.Path(config.output).expanduser(),
                          num_candidates=config.num_candidates, seed=config.seed, chunk_size=config.chunk_size,
-                         rule=config.committee.rule, progress=config.progress)
+                         rule=config.committee.rule, progress=config.progress,
+                         reject_degenerate=config.filter.enabled, min_words=config.filter.min_words)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     print(format_summary(summary))
     print(f"wrote {config.output} ({summary['seconds']} s)")
