@@ -204,7 +204,7 @@ def synthesis_config() -> ml_collections.ConfigDict:
         model="shipped:smollm2-135m-instruct",  # an HF folder or shipped:NAME (o1_jax.hf.fetch)
         dtype="float32",
         batch_size=48,  # generated rows per compiled batch (batch_size // n prompts when they are shared)
-        fresh_examples=False,  # True: a prompt with its own examples per candidate (the original's rounds)
+        fresh_examples=True,  # a prompt with its own examples per candidate (the original's rounds), so candidates differ
         max_new_tokens=128,
         temperature=0.7,
         top_p=0.9,

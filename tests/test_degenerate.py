@@ -85,3 +85,26 @@ def test_the_filter_can_be_switched_off(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["committee"]["chosen"] for o in lines] == [0, 0, 0] and summary["records_without_thought"] == 0
     assert sum(summary["rejected"].values()) == 0
+
+
+def test_ties_break_at_random_per_record_seeded_and_the_summary_reports_tie_rates(tmp_path):
+    """A member that scores every candidate alike: the vote is a seeded draw per record (not always
+    candidate 0), the same in a second run, and the member's tie rate is 1."""
+    class Indifferent(committee.Member):
+        def similarities(self, records, candidates):
+            return [(np.zeros((len(c), 1)), np.full((len(c), 1), -1.0)) for c in candidates]
+
+    recs = [{"id": f"q{i}", "query": QUERY, "pos": ["Green tea has caffeine."], "neg": ["Rooibos has none."]}
+            for i in range(12)]
+    inputs = [(dict(r), pipeline.validate_record(r, f"line {i}", default_id=r["id"])) for i, r in enumerate(recs)]
+    cands = {r["id"]: [f"{GOOD} Version {j} for {r['id']}." for j in range(3)] for r in recs}
+    chosen = []
+    for run in ("a", "b"):
+        out = tmp_path / f"{run}.jsonl"
+        summary = pipeline.synthesize(inputs, FixedExpert(cands), [Indifferent("flat"), FavoursFirst()], output=out,
+                                      num_candidates=3, progress=False, seed=7)
+        chosen.append([json.loads(line)["committee"]["picks"]["flat"] for line in out.read_text().splitlines()])
+    assert chosen[0] == chosen[1] and len(set(chosen[0])) > 1  # seeded, and not the lowest index every time
+    assert summary["members"]["flat"]["tie_rate"] == 1.0 and summary["members"]["first"]["tie_rate"] == 0.0
+    assert summary["members"]["flat"]["agreement_with"]["first"] == pytest.approx(
+        np.mean([c == 0 for c in chosen[0]]))

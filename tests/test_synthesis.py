@@ -283,7 +283,7 @@ def test_summary_counts_agreement_and_ranks():
     assert s["members"]["a"]["agreement"] == 1.0 and s["members"]["b"]["agreement"] == 0.0
     assert s["members"]["a"]["mean_rank_chosen"] == 1.0 and s["members"]["b"]["mean_rank_chosen"] == 4.0
     assert s["members"]["a"]["mean_rank_all_candidates"] == 1.5
-    assert "| a | 100.0% | 1.00 |" in pipeline.format_summary(s)
+    assert "| a | 100.0% | 0.0% | 1.00 |" in pipeline.format_summary(s)
 
 
 # ----------------------------------------------------------------------------- config

@@ -48,12 +48,20 @@ def positive_rank(pos_scores: np.ndarray, neg_scores: np.ndarray) -> int:
     return 1 + int(np.sum(np.asarray(neg_scores) >= best))
 
 
-def lowest_argmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    """argmax treating values within a relative 1e-9 of the maximum as tied: the lowest index wins."""
+def tied_at_top(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Boolean mask of the values within a relative 1e-9 of their maximum along `axis`."""
     values = np.asarray(values, np.float64)
     top = values.max(axis=axis, keepdims=True)
-    near = values >= top - _TIE * np.maximum(1.0, np.abs(top))
-    return np.argmax(near, axis=axis)  # first True
+    return values >= top - _TIE * np.maximum(1.0, np.abs(top))
+
+
+def lowest_argmax(values: np.ndarray, axis: int = -1, tie_break: np.ndarray | None = None) -> np.ndarray:
+    """argmax treating values within a relative 1e-9 of the maximum as tied: the lowest index wins, or,
+    with `tie_break` (priorities of `values`' shape), the tied entry of highest priority."""
+    near = tied_at_top(values, axis)
+    if tie_break is None:
+        return np.argmax(near, axis=axis)  # first True
+    return np.argmax(np.where(near, tie_break, -np.inf), axis=axis)
 
 
 class Member(abc.ABC):
@@ -194,8 +202,11 @@ class Vote:
     ballots: np.ndarray  # [R, n] weighted hard-vote counts
 
 
-def vote(scores: dict[str, np.ndarray], weights: dict[str, float], rule: str = "soft") -> Vote:
-    """Combines per-member `[R, n]` scores into one chosen candidate per record."""
+def vote(scores: dict[str, np.ndarray], weights: dict[str, float], rule: str = "soft",
+         tie_break: np.ndarray | None = None) -> Vote:
+    """Combines per-member `[R, n]` scores into one chosen candidate per record. Ties (a member's own
+    pick and the vote) go to the lowest index, or with `tie_break` (`[R, n]` priorities, e.g. seeded
+    uniform draws) to the tied candidate of highest priority."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if not scores:
@@ -206,16 +217,16 @@ def vote(scores: dict[str, np.ndarray], weights: dict[str, float], rule: str = "
         raise ValueError(f"member weights {weights}: expected >= 0 with a positive sum")
     names = sorted(scores)
     total = sum(weights[m] * np.asarray(scores[m], np.float64) for m in names)
-    picks = {m: lowest_argmax(scores[m]) for m in names}
+    picks = {m: lowest_argmax(scores[m], tie_break=tie_break) for m in names}
     r, n = total.shape
     ballots = np.zeros((r, n))
     for m in names:
         ballots[np.arange(r), picks[m]] += weights[m]
     if rule == "soft":
-        chosen = lowest_argmax(total)
+        chosen = lowest_argmax(total, tie_break=tie_break)
     else:
         # Plurality; among tied candidates the higher soft total, then the lowest index.
         top = ballots.max(axis=1, keepdims=True)
         tied = ballots >= top - _TIE * np.maximum(1.0, top)
-        chosen = lowest_argmax(np.where(tied, total, -np.inf))
+        chosen = lowest_argmax(np.where(tied, total, -np.inf), tie_break=tie_break)
     return Vote(rule, chosen.astype(int), total, picks, ballots)

@@ -166,8 +166,11 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
                          for t in cands] for rec, cands in zip(records, candidates)]
             out_of_vote = np.array([[r is not None for r in row] for row in rejected])
             # A rejected candidate scores below any real one for every member (finite: a zero weight times it is 0).
+            # Ties go to a seeded random candidate, drawn per record (the same whatever the chunking).
+            tie_break = np.stack([np.random.default_rng([seed, stable_hash(rec["id"])]).random(len(cands))
+                                  for rec, cands in zip(records, candidates)])
             result = committee_lib.vote({m: np.where(out_of_vote, REJECTED_SCORE, s) for m, s in scores.items()},
-                                        weights, rule)
+                                        weights, rule, tie_break=tie_break)
             for i, ((obj, rec), cands) in enumerate(zip(chunk, candidates)):
                 c = None if out_of_vote[i].all() else int(result.chosen[i])
                 record_committee = {
@@ -210,13 +213,20 @@ def summarize(committees: Sequence[dict], seed: int = 0) -> dict:
         for m, s in c["scores"].items():
             ranks = 1.0 / np.asarray(s, np.float64)
             st = members.setdefault(m, {"records": 0, "agree": 0, "rank_chosen": 0.0, "rank_random": 0.0,
-                                        "rank_mean": 0.0})
+                                        "rank_mean": 0.0, "ties": 0, "with": {}})
             st["records"] += 1
             st["agree"] += int(c["picks"][m] == c["chosen"])
+            usable = [j for j in range(n) if str(j) not in c.get("rejected", {})]
+            st["ties"] += int(committee_lib.tied_at_top(np.asarray(s)[usable]).sum() > 1)
+            for other, pick in c["picks"].items():
+                if other != m:
+                    st["with"][other] = st["with"].get(other, 0) + int(pick == c["picks"][m])
             st["rank_chosen"] += ranks[c["chosen"]]
             st["rank_random"] += ranks[random_pick]
             st["rank_mean"] += ranks.mean()
     table = {m: {"agreement": st["agree"] / st["records"],
+                 "tie_rate": st["ties"] / st["records"],  # its best usable candidates tie: its pick is a draw
+                 "agreement_with": {o: k / st["records"] for o, k in sorted(st["with"].items())},
                  "mean_rank_chosen": st["rank_chosen"] / st["records"],
                  "mean_rank_random": st["rank_random"] / st["records"],
                  "mean_rank_all_candidates": st["rank_mean"] / st["records"]}
@@ -229,11 +239,16 @@ def format_summary(summary: dict) -> str:
     rejected = ", ".join(f"{why} {n}" for why, n in summary["rejected"].items() if n) or "none"
     lines = [f"records: {summary['records']}, candidate thoughts: {summary['candidates']}; rejected before the "
              f"vote: {rejected}; records left without a thought: {summary['records_without_thought']}",
-             "| member | agrees with the vote | mean positive rank, chosen | random candidate | all candidates |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| member | agrees with the vote | its top candidates tie | mean positive rank, chosen | random candidate "
+             "| all candidates |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for m, st in summary["members"].items():
-        lines.append(f"| {m} | {st['agreement']:.1%} | {st['mean_rank_chosen']:.2f} | "
+        lines.append(f"| {m} | {st['agreement']:.1%} | {st['tie_rate']:.1%} | {st['mean_rank_chosen']:.2f} | "
                      f"{st['mean_rank_random']:.2f} | {st['mean_rank_all_candidates']:.2f} |")
+    for m, st in summary["members"].items():
+        if st["agreement_with"]:
+            lines.append(f"{m} picks the same candidate as: " + ", ".join(
+                f"{o} {k:.1%}" for o, k in st["agreement_with"].items()))
     return "\n".join(lines)
 
 
