@@ -217,6 +217,9 @@ def synthesis_config() -> ml_collections.ConfigDict:
     c.filter = ml_collections.ConfigDict(dict(enabled=True, min_words=5))
     c.committee = ml_collections.ConfigDict()
     c.committee.rule = "soft"  # soft | hard
+    # Extra negatives the committee scores candidates against: BM25's top bm25_top documents of a BEIR
+    # corpus.jsonl for each query (not its positives); 0 = only the record's own negatives.
+    c.committee.pool = ml_collections.ConfigDict(dict(corpus="", bm25_top=0))
     c.committee.members = ml_collections.ConfigDict()
     c.committee.members.bm25 = ml_collections.ConfigDict(dict(kind="bm25", weight=1.0, path=""))
     return c

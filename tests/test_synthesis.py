@@ -451,3 +451,31 @@ def test_progress_moves_after_every_generated_batch_not_every_chunk(tmp_path, mo
     # 7 prompts in batches of 2, 2, 2, 1: four moves inside the one chunk, each right after its batch.
     assert moves == [("start", 0, 21, "thought"), ("advance", 6, 1), ("advance", 6, 2), ("advance", 6, 3),
                      ("advance", 3, 4), ("close",)]
+
+
+def test_candidates_are_judged_against_a_larger_corpus_pool(tmp_path):
+    """committee.pool: BM25's top documents of the corpus for the query join the record's own
+    negatives in what the committee scores (never its positives, by id or by text)."""
+    corpus = {"p": {"title": "", "text": "green tea contains caffeine"},
+              "dup": {"title": "", "text": "green tea contains caffeine"},  # the positive's text, another id
+              "n1": {"title": "", "text": "green tea is brewed from leaves"},
+              "n2": {"title": "", "text": "black tea has more caffeine than green tea"},
+              "far": {"title": "", "text": "rivers carry sediment"}}
+    record = {"id": "q", "query": "caffeine in green tea", "pos": [dict(corpus["p"], id="p")], "neg": ["own negative"]}
+    pool = pipeline.corpus_pool([record], corpus, 2)
+    assert [d["id"] for d in pool["q"]] == ["n2", "n1"]  # BM25 order; p and its copy are out
+
+    seen = []
+
+    class Spy(committee.BM25Member):
+        def similarities(self, records, candidates):
+            seen.extend(committee.record_pool(r)[1] for r in records)
+            return super().similarities(records, candidates)
+
+    inputs = [(dict(record), pipeline.validate_record(record, "line 1", default_id="q"))]
+    fixed = type("Fixed", (), {"propose": lambda self, recs, n, seed, on_batch=None: [
+        ["Green tea has about 28 mg of caffeine in a cup.", "Rivers carry sediment down to the sea."]]})()
+    pipeline.synthesize(inputs, fixed, [Spy()], output=tmp_path / "a.jsonl", num_candidates=2, progress=False, pool=pool)
+    assert seen == [["own negative", "black tea has more caffeine than green tea", "green tea is brewed from leaves"]]
+    line = json.loads((tmp_path / "a.jsonl").read_text())
+    assert line["neg"] == ["own negative"]  # the output record keeps its own negatives

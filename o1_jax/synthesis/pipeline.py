@@ -32,7 +32,9 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from o1_jax.data.records import RecordError, iter_json_lines, validate_record
+from o1_jax.data.beir import load_corpus
+from o1_jax.data.records import RecordError, doc_text, iter_json_lines, validate_record
+from o1_jax.retrieval.bm25 import BM25
 from o1_jax.files import atomic_open
 from o1_jax.metrics import ProgressBar
 from o1_jax.synthesis import committee as committee_lib
@@ -125,15 +127,33 @@ def chunk_seed(seed: int, ids: Sequence[str]) -> int:
 REJECTED_SCORE = -1e30  # a degenerate candidate's score in the vote
 
 
+def corpus_pool(records: Sequence[dict], corpus: dict[str, dict], top: int) -> dict[str, list[dict]]:
+    """For each record, BM25's top `top` corpus documents for its query that are not its positives
+    (by id or by text): extra negatives, so candidates are judged against a larger pool than the
+    record's own few (where, with 7 negatives, three candidates often tie)."""
+    ids = list(corpus)
+    hits = BM25([doc_text(corpus[d]) for d in ids]).top([r["query"] for r in records], top + 8)
+    pool = {}
+    for record, row in zip(records, hits):
+        pos_ids = {d.get("id") for d in record["pos"] if isinstance(d, dict)} - {None}
+        pos_texts = {doc_text(d) for d in record["pos"]}
+        docs = [dict(corpus[ids[i]], id=ids[i]) for i, _ in row
+                if ids[i] not in pos_ids and doc_text(corpus[ids[i]]) not in pos_texts]
+        pool[record["id"]] = docs[:top]
+    return pool
+
+
 def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Sequence[committee_lib.Member], *,
                output: str | os.PathLike, num_candidates: int = 3, seed: int = 0, chunk_size: int = 64,
-               rule: str = "soft", progress: bool = True, reject_degenerate: bool = True, min_words: int = 5) -> dict:
+               rule: str = "soft", progress: bool = True, reject_degenerate: bool = True, min_words: int = 5,
+               pool: dict[str, list[dict]] | None = None) -> dict:
     """Runs (or resumes) synthesis over `inputs` (from `read_inputs`) and returns the summary.
 
     With `reject_degenerate`, candidates that `degenerate.rejection` flags (empty, too short, loops,
     the query again, chat meta-text) cannot win the vote; their reasons are kept in the record's
     `committee.rejected` and counted in the summary. A record whose every candidate is rejected keeps
-    no thought (`thought` "", `committee.chosen` null): it trains without one.
+    no thought (`thought` "", `committee.chosen` null): it trains without one. `pool` ({record id:
+    documents}, `corpus_pool`) adds negatives to what the committee scores against, not to the records.
     """
     if num_candidates < 1 or chunk_size < 1:
         raise ValueError(f"num_candidates={num_candidates}, chunk_size={chunk_size}: expected >= 1")
@@ -161,7 +181,9 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
             records = [rec for _, rec in chunk]
             candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]),
                                         on_batch=bar.advance)
-            scores = {m.name: m.score(records, candidates) for m in members}
+            judged = records if pool is None else [dict(r, neg=list(r.get("neg") or []) + pool.get(r["id"], []))
+                                                   for r in records]
+            scores = {m.name: m.score(judged, candidates) for m in members}
             rejected = [[degenerate.rejection(t, rec["query"], min_words) if reject_degenerate else None
                          for t in cands] for rec, cands in zip(records, candidates)]
             out_of_vote = np.array([[r is not None for r in row] for row in rejected])
@@ -278,6 +300,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             bad(f"expert.{key}", e[key], "an integer >= 1")
     if e.num_examples < 0 or e.example_max_words < 0:
         bad("expert.num_examples", (e.num_examples, e.example_max_words), ">= 0 (and example_max_words >= 0)")
+    if config.committee.pool.bm25_top < 0 or (config.committee.pool.bm25_top and not config.committee.pool.corpus):
+        bad("committee.pool", dict(config.committee.pool), "bm25_top >= 0, and a corpus.jsonl when it is > 0")
     if config.committee.rule not in committee_lib.RULES:
         bad("committee.rule", config.committee.rule, f"one of {committee_lib.RULES}")
     members = config.committee.members
@@ -314,10 +338,13 @@ def run(config: ml_collections.ConfigDict) -> dict:
     members = build_members(config)
     # Few-shot examples come from every input record, so a --config.limit run prompts as a full one.
     expert = build_expert(config, [rec for _, rec in every])
+    p = config.committee.pool
+    pool = corpus_pool([rec for _, rec in inputs], load_corpus(pathlib.Path(p.corpus).expanduser()),
+                       p.bm25_top) if p.bm25_top else None
     summary = synthesize(inputs, expert, members, output=pathlib.Path(config.output).expanduser(),
                          num_candidates=config.num_candidates, seed=config.seed, chunk_size=config.chunk_size,
                          rule=config.committee.rule, progress=config.progress,
-                         reject_degenerate=config.filter.enabled, min_words=config.filter.min_words)
+                         reject_degenerate=config.filter.enabled, min_words=config.filter.min_words, pool=pool)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     print(format_summary(summary))
     print(f"wrote {config.output} ({summary['seconds']} s)")
