@@ -1,5 +1,7 @@
 """O1Embedder: the Python API over a trained workdir and over a plain HF folder."""
 
+import enum
+
 import jax
 import numpy as np
 import pytest
@@ -74,3 +76,23 @@ def test_thinking_embeddings_average_the_k_thoughts(hf_folder):
     assert (np.linalg.norm(mean, axis=-1) <= 1 + 1e-5).all()
     with pytest.raises(ValueError, match="aggregate='max'"):
         emb.encode_queries(QUERIES, num_thoughts=1, aggregate="max")
+
+
+def test_the_encoder_protocol_routes_queries_and_documents(hf_folder):
+    """`encode` as MTEB / sentence-transformers evaluators call it (issue 16 §3; mteb itself is not
+    installed here): query vs document from input_type or an enum-like prompt_type."""
+    class PromptType(enum.Enum):  # the shape of mteb's enum: members whose .value is the string
+        query = "query"
+        passage = "passage"
+
+    emb = O1Embedder.from_pretrained(hf_folder, batch_size=2)
+    docs = [{"title": "bane tosul", "text": "lives in oslo ."}, "kamo rizel"]
+    q = emb.encode_queries(QUERIES)
+    np.testing.assert_array_equal(emb.encode(QUERIES, input_type="query"), q)
+    np.testing.assert_array_equal(emb.encode(QUERIES, prompt_type=PromptType.query, task_name="x", batch_size=8), q)
+    d = emb.encode_corpus(docs)
+    for kwargs in ({}, {"input_type": "document"}, {"prompt_type": PromptType.passage}, {"prompt_type": "corpus"}):
+        np.testing.assert_array_equal(emb.encode(docs, **kwargs), d)
+    assert not np.allclose(emb.encode(["kamo rizel"], input_type="query"), emb.encode(["kamo rizel"]))  # formats differ
+    with pytest.raises(ValueError, match="expected 'query' or 'document'"):
+        emb.encode(QUERIES, input_type="question")

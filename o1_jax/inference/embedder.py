@@ -174,3 +174,23 @@ class O1Embedder:
         if aggregate == "mean_normalized":
             vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
         return vectors.astype(np.float32)
+
+    # ------------------------------------------------------------------ the encoder protocol
+
+    def encode(self, sentences: Sequence[Any], *, prompt_type=None, input_type: str | None = None,
+               num_thoughts: int = 0, seed: int = 0, **kwargs) -> np.ndarray:
+        """The `encode` that MTEB and sentence-transformers evaluators call: documents as
+        `encode_corpus`, queries as `encode_queries` (thinking with `num_thoughts` > 0).
+
+        Which one comes from `input_type` ("query" | "document") or MTEB's `prompt_type` (its
+        `PromptType` enum or the same strings; "passage" and "corpus" count as documents); with
+        neither, the texts are documents. Other keywords evaluators pass (task_name, batch_size,
+        show_progress_bar, convert_to_numpy, ...) are accepted and ignored.
+        """
+        kind = input_type if input_type is not None else getattr(prompt_type, "value", prompt_type)
+        kind = "document" if kind is None else str(kind).lower()
+        if kind == "query":
+            return self.encode_queries(list(sentences), num_thoughts=num_thoughts, seed=seed)
+        if kind in ("document", "passage", "corpus"):
+            return self.encode_corpus(list(sentences))
+        raise ValueError(f"input_type / prompt_type {kind!r}: expected 'query' or 'document'")
