@@ -33,14 +33,17 @@ from o1_jax.hf import o1_folder
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.retrieval.bm25 import BM25
 from o1_jax.retrieval.dense import DenseEncoder
+from o1_jax.retrieval.vector_index import Index
 from o1_jax.training import workdir as workdir_lib
 
 
 class DenseMiner:
-    """Exact inner-product top-k over normalised document embeddings, for mining negatives."""
+    """Exact inner-product top-k over normalised document embeddings (a `vector_index.Index` in exact
+    mode), for mining negatives."""
 
     def __init__(self, doc_embeddings: np.ndarray, encode_queries):
         self.docs, self.encode_queries = np.asarray(doc_embeddings, np.float32), encode_queries
+        self.index = Index.build(self.docs, [str(i) for i in range(len(self.docs))], mode="exact")
 
     @classmethod
     def load(cls, spec: str, texts: list[str]) -> "DenseMiner":
@@ -55,14 +58,9 @@ class DenseMiner:
         """(for each query, up to `depth` (doc index, score) best first, ties by index; each query's
         positives' scores)."""
         q = np.asarray(self.encode_queries(queries), np.float32)
-        scores = q @ self.docs.T
-        k = min(depth, scores.shape[1])
-        out = []
-        for row in scores:
-            top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
-            top = top[np.lexsort((top, -row[top]))]
-            out.append([(int(i), float(row[i])) for i in top])
-        return out, [scores[n, p] for n, p in enumerate(positives)]
+        scores, ids = self.index.search(q, depth)
+        top = [[(int(i), float(s)) for i, s in zip(row_ids, row_scores)] for row_ids, row_scores in zip(ids, scores)]
+        return top, [self.docs[p] @ q[n] for n, p in enumerate(positives)]
 
 def build_records(corpus, queries, qrels, negatives: int, depth: int, seed: int, max_queries: int = 0,
                   miner: DenseMiner | None = None, margin: float = 0.95) -> list[dict]:

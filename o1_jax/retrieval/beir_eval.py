@@ -51,10 +51,13 @@ def per_query_metrics(run: Mapping[str, Mapping[str, float]],
     return {q: {m: float(table.get(q, {}).get(key, 0.0)) for m, (table, key) in names.items()} for q in qrels}
 
 
+def _means(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {m: float(np.mean([row[m] for row in per_query.values()])) for m in METRICS}
+
+
 def ir_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
     """Mean metrics over the judged queries (a judged query missing from the run scores 0)."""
-    per_query = per_query_metrics(run, qrels)
-    return {m: float(np.mean([per_query[q][m] for q in qrels])) for m in METRICS}
+    return _means(per_query_metrics(run, qrels))
 
 
 def scored(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
@@ -64,7 +67,7 @@ def scored(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[s
     if ignore_identical_ids:
         run = drop_self_hits(run)
     per_query = per_query_metrics(run, qrels)
-    return {**{m: float(np.mean([per_query[q][m] for q in qrels])) for m in METRICS}, "per_query": per_query}
+    return {**_means(per_query), "per_query": per_query}
 
 
 def params_fingerprint(params) -> str:
