@@ -70,8 +70,7 @@ class O1Embedder:
             replicated, _ = sharding.data_parallel(devices)
             restored = workdir_lib.restore_params(folder, devices=devices, shardings=replicated)
             model = restored.model
-            if dtype != model.cfg.dtype or attention not in (None, model.cfg.attention):
-                model = LlamaForCausalLM(model.cfg.replace(dtype=dtype, attention=attention or model.cfg.attention))
+            model = LlamaForCausalLM(model.cfg.replace(dtype=dtype, attention=attention or model.cfg.attention))
             d, e = restored.config.data, restored.config.get("eval", {})
             run_defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
                                 max_doc_tokens=d.max_doc_tokens, think_temperature=e.get("temperature", defaults.THINK_TEMPERATURE),

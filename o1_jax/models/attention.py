@@ -31,6 +31,7 @@ from o1_jax import sharding
 from o1_jax.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 
 SPLASH_BLOCK = 128  # splash tiles T and S in blocks of this many slots: sequences are padded up to it
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
 def target_platform() -> str:
@@ -48,7 +49,7 @@ def resolve(name: str, platform: str | None = None) -> str:
     if name != "auto":
         return name
     platform = platform or target_platform()
-    return "dot_product" if platform in ("gpu", "cuda", "rocm") else "xla"
+    return "dot_product" if platform in GPU_PLATFORMS else "xla"
 
 
 def einsum_attention(q, k, v, mask, scale: float, dtype):
@@ -68,7 +69,8 @@ CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN's flash attention takes half
 
 def dot_product_backend(platform: str, dtype) -> str:
     """The `implementation` `dot_product_attention` asks jax for: cuDNN where it runs, else XLA."""
-    return "cudnn" if platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES else "xla"
+    cudnn = platform in GPU_PLATFORMS and platform != "rocm"  # cuDNN is NVIDIA's
+    return "cudnn" if cudnn and jnp.dtype(dtype) in CUDNN_DTYPES else "xla"
 
 
 def dot_product_attention(q, k, v, mask, scale: float):

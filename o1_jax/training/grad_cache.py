@@ -46,12 +46,9 @@ def loss_and_grads(model: LlamaForCausalLM, full_params, params, batch: dict, lo
     q, d = jax.lax.map(lambda chunk: encode(params, chunk)[:2], cut)  # [k, B/k, D], [k, B/k*G, D]
 
     # 2. The embedding losses on the whole batch and their gradients with respect to the embeddings.
-    def embedding_objective(q, d):
+    def embedding_objective(q, d):  # the total loss without its thought CE (added per chunk in 3.)
         m = forward.embedding_losses(chunks_lib.join_queries(q), chunks_lib.join_documents(d, group), batch, loss_cfg)
-        objective = loss_cfg.w_ctr * m["ctr_loss"]
-        if loss_cfg.w_distill:
-            objective = objective + loss_cfg.w_distill * m["distill_loss"]
-        return objective, m
+        return forward.total_loss(dict(m, gen_loss=0.0), loss_cfg), m
 
     (_, metrics), (dq, dd) = jax.value_and_grad(embedding_objective, argnums=(0, 1), has_aux=True)(q, d)
     gen_tokens = jnp.sum(batch["gen_weights"].astype(jnp.float32))
