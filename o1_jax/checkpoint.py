@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -82,6 +83,21 @@ class _OneLineOrbaxErrors(logging.Filter):
 
 
 _ONE_LINE_ORBAX_ERRORS = _OneLineOrbaxErrors()
+
+
+def _quiet_closed_loop_callbacks(unraisable) -> None:
+    """sys.unraisablehook that drops asyncio's "Event loop is closed" from tensorstore's callbacks.
+
+    When a background save fails (a full disk), orbax closes its event loop while tensorstore's
+    pending writes still report back to it; each late report is an unraisable RuntimeError whose
+    traceback would be printed after (or in the middle of) the one OSError the caller reports.
+    Every other unraisable exception goes to the previous hook.
+    """
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        log.debug("dropped a late tensorstore callback to orbax's closed event loop")
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 class _Corrupt(Exception):
@@ -212,6 +228,8 @@ class Checkpointer:
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
         logging.getLogger("absl").addFilter(_ONE_LINE_ORBAX_ERRORS)  # once: the same filter object
+        if sys.unraisablehook is sys.__unraisablehook__:  # a hook someone else installed is kept
+            sys.unraisablehook = _quiet_closed_loop_callbacks
         self._async = async_save
         self._unfinished: list[int] = []  # saved by this process, not yet known committed + manifested
 

@@ -40,8 +40,15 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def report(message: object) -> None:
+    """Prints `error: <message>` on stderr as one line in one write, so that a background thread's
+    output cannot land in the middle of it."""
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
 def fail(message: object) -> NoReturn:
-    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+    report(message)
     sys.exit(2)
 
 
@@ -51,7 +58,7 @@ def run(work: Callable, *args, bad_input: tuple = BAD_INPUT) -> int:
     try:
         result = work(*args)
     except bad_input as e:
-        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        report(e)
         return 2
     return result if isinstance(result, int) else 0
 

@@ -1,6 +1,8 @@
 """Checkpointer: round trips across meshes, keep-N, save policy, and the errors a mismatched resume gives."""
 
 import re
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from o1_jax import checkpoint
 from o1_jax.checkpoint import Checkpointer
 from o1_jax.sharding import make_mesh
 
@@ -161,3 +164,14 @@ def test_shape_mismatch_names_the_parameter(tmp_path, mesh8):
         ckpt.restore(1, unsharded)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 3 .* found steps \[1\]"):
         ckpt.restore(3, _abstract(state, mesh8))
+
+
+def test_late_callbacks_to_a_closed_event_loop_are_dropped_and_other_unraisables_kept(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "__unraisablehook__", seen.append)
+    hook = checkpoint._quiet_closed_loop_callbacks
+    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+    other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+    hook(closed)
+    hook(other)
+    assert seen == [other]

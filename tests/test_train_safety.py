@@ -232,6 +232,7 @@ _FULL_DISK = textwrap.dedent("""
     import jax
     import numpy as np
     from o1_jax.checkpoint import Checkpointer
+    from o1_jax.cli import report
     from o1_jax.sharding import make_mesh
     from tests.test_checkpoint import _state
 
@@ -253,7 +254,7 @@ _FULL_DISK = textwrap.dedent("""
         print("step 2 was saved: the file size limit did not bite")
         sys.exit(1)
     except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(e)  # as o1_jax.cli.run reports it
         ckpt.close()
         sys.exit(3)
 """)
