@@ -17,6 +17,7 @@ import ml_collections
 from o1_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from o1_jax.sharding import DEFAULT_RULES
 
+BATCHES = ("homogeneous", "mixed")  # data.batches with several sources (o1_jax/data/mixture.py)
 DECAYS = ("cosine", "linear", "constant")  # optimizer.decay (o1_jax.training.optimizer.make_schedule)
 # Sampling of k > 1 thoughts at inference (the original's); one thought is greedy.
 THINK_TEMPERATURE = 0.1
@@ -43,7 +44,11 @@ def train_config() -> ml_collections.ConfigDict:
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0))
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = ""  # O1 JSONL records
+    # O1 JSONL records: one file, or a list of sources (o1_jax/data/mixture.py). Typed `object` so
+    # that a config file may set either.
+    c.data.train = ml_collections.FieldReference("", field_type=object)
+    c.data.batches = "homogeneous"  # a list of sources: each step from one source | mixed
+    c.data.query_instruction = ""  # prepended to every query (E5's "query: ", BGE's instruction)
     c.data.synthetic = False  # the embedded demo task instead of data.train
     c.data.synthetic_train = 4000
     c.data.synthetic_test = 200
@@ -106,7 +111,10 @@ MEANINGS = {
     "model.fresh.max_position_embeddings": "fresh model: longest sequence",
     "model.fresh.tie_word_embeddings": "fresh model: lm_head shares the embedding matrix",
     "model.fresh.rope_theta": "fresh model: RoPE base",
-    "data.train": "O1 JSONL records to train on (python -m o1_jax.data.prepare / o1_jax.synthesize)",
+    "data.train": "O1 JSONL records to train on (python -m o1_jax.data.prepare / o1_jax.synthesize), or a list "
+                  "of sources {path, name, weight, group_size, thought_dropout, in_batch_negatives, instruction}",
+    "data.batches": "with several sources: 'homogeneous' (each step's queries from one source) or 'mixed'",
+    "data.query_instruction": "text prepended to every query in training and at inference ('' = none)",
     "data.synthetic": "train on the embedded synthetic demo task instead of data.train",
     "data.synthetic_train": "synthetic task: training records",
     "data.synthetic_test": "synthetic task: held-out queries",
@@ -261,6 +269,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         bad("data.group_size", "at least 2 (1 positive + at least 1 negative)")
     if not 0.0 <= d.thought_dropout <= 1.0:
         bad("data.thought_dropout", "a probability in [0, 1]")
+    if d.batches not in BATCHES:
+        bad("data.batches", f"one of {BATCHES}")
+    if not isinstance(d.query_instruction, str):
+        bad("data.query_instruction", "a string ('' for none)")
     if d.synthetic and (d.synthetic_train < 1 or d.synthetic_test < 0):
         bad("data.synthetic_train" if d.synthetic_train < 1 else "data.synthetic_test", "a positive count")
     for key in ("temperature", "teacher_temperature"):

@@ -42,15 +42,20 @@ def embedding_losses(q: jax.Array, d: jax.Array, batch: dict[str, Any], loss_cfg
     """InfoNCE (and, when weighted, distillation) of the whole batch's embeddings:
     {ctr_loss, accuracy, false_negatives[, distill_loss]}. A query's known positives met elsewhere
     in the batch (as another query's positive or hard negative) are left out of its softmax;
-    `false_negatives` is how many the batch had, per query."""
+    `false_negatives` is how many the batch had, per query. A query with `own_group_only` (its
+    source has in_batch_negatives=False) is scored against its own group only."""
     group_size = d.shape[0] // q.shape[0]
     exclude = None
     if "positive_hash" in batch:
         exclude = losses.false_negatives(batch["positive_hash"], batch["doc_hash"], group_size)
+    false_negatives = exclude
+    if "own_group_only" in batch:  # a source trained without in-batch negatives
+        others = losses.other_groups(batch["own_group_only"], d.shape[0], group_size)
+        exclude = others if exclude is None else exclude | others
     ctr, accuracy = losses.contrastive_loss(q, d, loss_cfg.temperature, group_size, exclude)
     metrics = {"ctr_loss": ctr, "accuracy": accuracy}
-    if exclude is not None:
-        metrics["false_negatives"] = jnp.sum(exclude) / q.shape[0]
+    if false_negatives is not None:
+        metrics["false_negatives"] = jnp.sum(false_negatives) / q.shape[0]
     if loss_cfg.w_distill:
         metrics["distill_loss"] = losses.distillation_loss(
             q, d, batch["teacher_scores"], batch["teacher_mask"], loss_cfg.temperature, group_size,

@@ -78,6 +78,20 @@ def false_negatives(positive_hash: jax.Array, doc_hash: jax.Array, group_size: i
     return jnp.any(same, axis=1) & ~own
 
 
+def other_groups(own_group_only: jax.Array, num_docs: int, group_size: int) -> jax.Array:
+    """`[B, N]` True where document n is outside query i's own group and i has `own_group_only` set:
+    a query of a source trained without in-batch negatives sees only its positive and hard negatives.
+
+    Args:
+      own_group_only: [B] 0/1 per query.
+      num_docs: N = B*G.
+      group_size: G; query i's group is columns i*G .. i*G+G-1.
+    """
+    b = own_group_only.shape[0]
+    outside = (jnp.arange(num_docs)[None, :] // group_size) != jnp.arange(b)[:, None]  # [B, N]
+    return outside & (own_group_only[:, None] != 0)
+
+
 def contrastive_loss(
     q: jax.Array, d: jax.Array, temperature: float, group_size: int, exclude: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:

@@ -32,8 +32,8 @@ def _setup(tmp_path, case):
     tokenizer = run_lib.load_tokenizer(config, None)
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     run = run_lib.build_run(config, tokenizer, len(tokenizer), 1, devices=devices)
-    source, _ = batches_lib.prepare_data(config, tmp_path)
-    batch = batches_lib.make_batches(config, source, tokenizer).local_batch(0)
+    data = batches_lib.prepare_data(config, tmp_path)
+    batch = batches_lib.make_batches(config, data, tokenizer).local_batch(0)
     if config.loss.w_distill:  # the synthetic records have no teacher scores: give most queries some
         batch["teacher_scores"] = np.random.default_rng(0).normal(size=batch["teacher_scores"].shape).astype(np.float32)
         batch["teacher_mask"] = (np.arange(batch_size) % 4 != 3).astype(np.float32)

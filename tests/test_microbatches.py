@@ -62,8 +62,8 @@ def test_a_step_with_microbatches_is_the_mean_of_its_groups_steps(tmp_path):
     tokenizer = run_lib.load_tokenizer(config, None)
     original = len(tokenizer)
     run = run_lib.build_run(config, tokenizer, original, 1, devices=jax.devices()[:1])
-    source, _ = batches_lib.prepare_data(config, tmp_path)
-    batch = {k: jnp.asarray(v) for k, v in batches_lib.make_batches(config, source, tokenizer).local_batch(0).items()}
+    data = batches_lib.prepare_data(config, tmp_path)
+    batch = {k: jnp.asarray(v) for k, v in batches_lib.make_batches(config, data, tokenizer).local_batch(0).items()}
     params, frozen = run.initial_views()
     sgd = optax.sgd(1.0)
     schedule = optax.constant_schedule(1.0)

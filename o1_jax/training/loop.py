@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from o1_jax import defaults, sharding
 from o1_jax.checkpoint import Checkpointer
-from o1_jax.data import formatting, storage
+from o1_jax.data import formatting
 from o1_jax.metrics import MetricWriter, ProgressBar, mfu, peak_flops_per_device
 from o1_jax.models import LlamaConfig
 from o1_jax.training import workdir as workdir_lib
@@ -56,14 +56,14 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
     tokenizer = load_tokenizer(config, init_path(config))
     original_vocab = len(tokenizer)
     formatting.add_special_tokens(tokenizer)
-    source, data_path = prepare_data(config, workdir)
-    batches = make_batches(config, source, tokenizer)
+    data = prepare_data(config, workdir)
+    batches = make_batches(config, data, tokenizer)
     num_steps = config.train.num_steps or config.train.num_epochs * batches.order.steps_per_epoch
 
     run = build_run(config, tokenizer, original_vocab, num_steps, devices)
     check_batch(config, run.mesh)
     ckpt = run.checkpointer(workdir)
-    data_fp = storage.fingerprint(data_path)["sha256"]
+    data_fp = data.fingerprint
 
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
@@ -82,7 +82,7 @@ def train(config, workdir: str | os.PathLike, devices: list | None = None) -> Tr
             pass
         raise
     ckpt.close()
-    return TrainResult(history, state, frozen, run, data_path)
+    return TrainResult(history, state, frozen, run, data.path)
 
 
 def _maybe_initialize_distributed(config) -> None:
@@ -131,7 +131,7 @@ def _loop(config, workdir, batches: Batches, step_fn, state, frozen, start, num_
     batch_sharding = sharding.batch_sharding(mesh)
     history: list[dict] = []
     peak = peak_flops_per_device()
-    compiled = None
+    compiled = {}  # per batch shape: sources with other group sizes give other shapes
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=True, purge_step=start or None)
     if is_main:
         print(f"training steps {start}..{num_steps} on {mesh.devices.size} device(s), mesh "
@@ -148,12 +148,16 @@ def _loop(config, workdir, batches: Batches, step_fn, state, frozen, start, num_
         cleanup.callback(bar.close)
         for step, local in batches.iterate(start, num_steps):
             batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
-            if compiled is None:  # compiled once
-                compiled = step_fn.lower(state, frozen, batch).compile()
-                flops = step_flops(cfg, local, jax.process_count())
-                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+            shapes = tuple((k, v.shape) for k, v in sorted(local.items()))
+            if shapes not in compiled:  # once per shape
+                compiled[shapes] = (step_fn.lower(state, frozen, batch).compile(),
+                                    step_flops(cfg, local, jax.process_count()))
+                if len(compiled) == 1:
+                    window_start, window_tokens, window_steps, window_flops = time.perf_counter(), 0, 0, 0.0
+            fn, flops = compiled[shapes]
             window_tokens += int(local["query_mask"].sum() + local["doc_mask"].sum()) * jax.process_count()
-            state, metrics = compiled(state, frozen, batch)
+            window_flops += flops or 0.0
+            state, metrics = fn(state, frozen, batch)
             window_steps += 1
             done = step + 1
             guard.push(done, metrics)  # checks the step before, which the device has (nearly) finished
@@ -163,13 +167,16 @@ def _loop(config, workdir, batches: Batches, step_fn, state, frozen, start, num_
                 elapsed = time.perf_counter() - window_start
                 metrics["tokens_per_sec"] = window_tokens / elapsed
                 metrics["seconds_per_step"] = elapsed / window_steps
-                m = mfu(flops, elapsed / window_steps, peak, mesh.devices.size) if flops else None
+                m = mfu(window_flops / window_steps, elapsed / window_steps, peak, mesh.devices.size) \
+                    if window_flops else None
                 if m is not None:
                     metrics["mfu"] = m
+                for name, n in batches.queries_seen(done).items():  # several sources: how much of each
+                    metrics[f"queries/{name}"] = float(n)
                 writer.write(done, metrics)
                 history.append({"step": done, **metrics})
                 bar.update(done, {"loss": metrics["loss"]})
-                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                window_start, window_tokens, window_steps, window_flops = time.perf_counter(), 0, 0, 0.0
             if _agree(stop.requested):
                 guard.check()
                 print(f"SIGTERM: saving a checkpoint at step {done} and stopping", flush=True)
