@@ -169,13 +169,16 @@ def test_a_source_smaller_than_a_batch_is_named():
 # ----------------------------------------------------------------------------- batches and loss
 
 
+def two_sources(a, b) -> list[dict]:
+    """a: the run's group size, an instruction; b: groups of 2, no in-batch negatives, never a thought."""
+    return [{"path": str(a), "name": "a", "weight": 1.0, "instruction": "jazz oslo "},
+            {"path": str(b), "name": "b", "weight": 2.0, "group_size": 2, "in_batch_negatives": False,
+             "thought_dropout": 1.0}]
+
+
 def run_config(two_files, **changes):
-    a, b = two_files
     config = tiny_config(**{"data.synthetic": False, **changes})
-    if "data.train" not in changes:
-        config.data.train = [{"path": str(a), "name": "a", "weight": 1.0, "instruction": "jazz oslo "},
-                             {"path": str(b), "name": "b", "weight": 1.0, "group_size": 2,
-                              "in_batch_negatives": False, "thought_dropout": 1.0}]
+    config.data.train = two_sources(*two_files)
     return config
 
 
@@ -259,3 +262,31 @@ def test_resuming_on_other_sources_is_refused(two_files, tmp_path):
     config.data.train[1]["weight"] = 5.0
     with pytest.raises(ValueError, match="resuming would not see the same batches"):
         loop.train(config, tmp_path / "w")
+
+
+def test_two_processes_read_their_slices_and_match_one_process(two_files, tmp_path):
+    from tests.test_train import _free_port, logged, overrides, run_cli
+
+    single = loop.train(run_config(two_files, **{"train.num_steps": 3, "mesh.shape": (2, 2, 2)}), tmp_path / "one")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    for attempt in range(3):
+        # A free port can be taken by another program before the coordinator binds it: then try another.
+        port = _free_port()
+        workdir = tmp_path / f"multi{attempt}"
+        procs = [run_cli(workdir, *overrides(**{
+            "data.synthetic": False, "data.train": repr(two_sources(*two_files)), "train.num_steps": 3, "mesh.shape": "(2,2,2)",
+            "distributed.initialize": True, "distributed.coordinator_address": f"localhost:{port}",
+            "distributed.num_processes": 2, "distributed.process_id": i}), env_extra=env, wait=False)
+            for i in range(2)]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        if all(p.returncode == 0 for p in procs) or not any(
+                w in out.lower() for out in outs for w in ("address already in use", "failed to add port")):
+            break
+    assert all(p.returncode == 0 for p in procs), outs
+    multi = logged(workdir)
+    assert len(single.history) == 3
+    last = single.history[-1]
+    assert (last["queries/a"], last["queries/b"]) == (8, 16)  # both sources, so both batch shapes, are met
+    for h in single.history:
+        # Two processes reduce the same global batch in another order: float32 sums, 2e-5 relative.
+        assert multi[h["step"]] == pytest.approx(h["loss"], rel=2e-5), h["step"]
