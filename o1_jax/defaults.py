@@ -181,6 +181,9 @@ def eval_config() -> ml_collections.ConfigDict:
     # for an HF folder THINK_TEMPERATURE / THINK_TOP_P).
     c.temperature = None
     c.top_p = None
+    # Prepended to every query (E5's "query: ", a BGE instruction); None: the model's own (its run's
+    # data.query_instruction, an export's o1_embedder.json), "" for none.
+    c.query_instruction = None
     c.compare_scann = False  # also search a ScaNN index; report its metrics and top-10 recall vs exact
     # Token limits (0: the model's own, from its training config; an HF folder: 64 / 128 / 256).
     c.max_query_tokens = 0
@@ -209,7 +212,16 @@ def synthesis_config() -> ml_collections.ConfigDict:
     c.chunk_size = 64  # records per propose / score / write round
     c.progress = True
     c.expert = ml_collections.ConfigDict(dict(
-        model="shipped:smollm2-135m-instruct",  # an HF folder or shipped:NAME (o1_jax.hf.fetch)
+        # local: o1_jax generation on `model`; openai: chat requests to an OpenAI-compatible server
+        # (python -m o1_jax.serve, vLLM, ...) at base_url, `model` then being the served model's name.
+        kind="local",
+        model="shipped:smollm2-135m-instruct",  # an HF folder or shipped:NAME (o1_jax.hf.fetch); or the served name
+        base_url="http://127.0.0.1:8000/v1",  # kind openai: the server's API root
+        api_key_env="O1_JAX_API_KEY",  # kind openai: the environment variable holding its key (unset: none sent)
+        max_concurrency=8,  # kind openai: requests in flight
+        timeout=600.0,  # kind openai: seconds one request may take
+        max_retries=8,  # kind openai: retries of a connection error, timeout, 408, 429 or 5xx; then the run stops
+        backoff=1.0,  # kind openai: seconds before the first retry, doubling (at most 60)
         dtype="float32",
         batch_size=48,  # generated rows per compiled batch (batch_size // n prompts when they are shared)
         fresh_examples=True,  # a prompt with its own examples per candidate (the original's rounds), so candidates differ

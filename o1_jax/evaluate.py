@@ -89,6 +89,8 @@ def evaluate(config, path: str) -> dict:
                               max_queries=config.max_queries, ignore_identical_ids=config.ignore_identical_ids, **({"batch_size": config.batch_size} if config.batch_size else {}))
     overrides = {key: config[key] for key in LENGTH_KEYS + ("batch_size",) if config[key]}
     overrides.update({f"think_{key}": config[key] for key in ("temperature", "top_p") if config[key] is not None})
+    if config.query_instruction is not None:
+        overrides["query_instruction"] = config.query_instruction
     embedder = O1Embedder.from_pretrained(path, dtype=config.model.dtype, **overrides)
     cache = config.cache_dir or str(epath.Path(path) / "eval" / "cache")
     if is_remote(cache):  # the corpus cache is memory-mapped: keep it on this machine

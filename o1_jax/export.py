@@ -109,7 +109,8 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
             max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
             max_doc_tokens=d.max_doc_tokens, run=run, tokenizer_source=str(workdir / workdir_lib.TOKENIZER),
             max_shard_size=max_shard_size, think_temperature=float(e.get("temperature", defaults.THINK_TEMPERATURE)),
-            think_top_p=float(e.get("top_p", defaults.THINK_TOP_P)), num_thoughts=int(e.get("num_thoughts", 1)))
+            think_top_p=float(e.get("top_p", defaults.THINK_TOP_P)), num_thoughts=int(e.get("num_thoughts", 1)),
+            query_instruction=str(d.get("query_instruction", "")))
     return out
 
 

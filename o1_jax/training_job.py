@@ -41,7 +41,8 @@ def evaluate_at_end(result: TrainResult, workdir: epath.Path) -> dict | None:
     params = trainable_params.combine(result.state["params"], result.frozen, run.special_ids)
     embedder = O1Embedder(run.model, params, run.tokenizer, max_query_tokens=d.max_query_tokens,
                           max_thought_tokens=d.max_thought_tokens, max_doc_tokens=d.max_doc_tokens,
-                          think_temperature=e.temperature, think_top_p=e.top_p)
+                          think_temperature=e.temperature, think_top_p=e.top_p,
+                          query_instruction=d.get("query_instruction", ""))
     results = evaluate_beir(embedder, folder, e.split, num_thoughts=e.num_thoughts, max_queries=e.max_queries,
                             seed=run.config.seed)
     atomic_write_json(workdir / "eval" / f"{folder.name}-{e.split}.json", results)

@@ -10,10 +10,11 @@ from o1_jax.defaults import train_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 VARIANTS = {"demo.py": [None, "short"], "smollm2_scifact.py": [None, "lora"], "qwen25_7b_o1.py": [None, "h100x8", "h100x1"],
-            "repro_smollm2.py": [None, "gpu"], "repro_smollm2_nothink.py": [None, "gpu"]}
+            "repro_smollm2.py": [None, "gpu"], "repro_smollm2_nothink.py": [None, "gpu"],
+            "smollm2_multi.py": [None, "mixed"]}
 # Built on o1_jax.defaults.train_config.
 TRAINING = {"demo.py", "smollm2_scifact.py", "qwen25_7b_o1.py", "llama3_8b_o1.py", "llama32_1b_o1.py",
-            "repro_smollm2.py", "repro_smollm2_nothink.py"}
+            "repro_smollm2.py", "repro_smollm2_nothink.py", "smollm2_multi.py"}
 
 
 def _load(path):

@@ -96,3 +96,16 @@ def test_the_encoder_protocol_routes_queries_and_documents(hf_folder):
     assert not np.allclose(emb.encode(["kamo rizel"], input_type="query"), emb.encode(["kamo rizel"]))  # formats differ
     with pytest.raises(ValueError, match="expected 'query' or 'document'"):
         emb.encode(QUERIES, input_type="question")
+
+
+def test_the_query_instruction_is_prepended_to_every_query_and_never_to_documents(hf_folder):
+    plain = O1Embedder.from_pretrained(hf_folder, max_thought_tokens=6, batch_size=2)
+    instructed = O1Embedder.from_pretrained(hf_folder, max_thought_tokens=6, batch_size=2, query_instruction="jazz ")
+    prefixed = ["jazz " + q for q in QUERIES]
+    # The same model on the same token rows: identical computations.
+    np.testing.assert_array_equal(instructed.encode_queries(QUERIES), plain.encode_queries(prefixed))
+    np.testing.assert_array_equal(instructed.encode_queries(QUERIES, num_thoughts=2, seed=1),
+                                  plain.encode_queries(prefixed, num_thoughts=2, seed=1))
+    assert instructed.think(QUERIES, seed=3) == plain.think(prefixed, seed=3)
+    np.testing.assert_array_equal(instructed.encode_corpus(QUERIES), plain.encode_corpus(QUERIES))
+    assert not np.array_equal(instructed.encode_queries(QUERIES), plain.encode_queries(QUERIES))

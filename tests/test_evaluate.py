@@ -225,10 +225,12 @@ def test_evaluate_passes_the_thinking_sampling_to_the_embedder(tmp_path, monkeyp
     with pytest.raises(Stop):
         evaluate.evaluate(config, str(tmp_path))
     assert "think_temperature" not in seen and "think_top_p" not in seen  # None: the run's own
-    config.temperature, config.top_p = 0.7, 0.95
+    assert "query_instruction" not in seen
+    config.temperature, config.top_p, config.query_instruction = 0.7, 0.95, "query: "
     with pytest.raises(Stop):
         evaluate.evaluate(config, str(tmp_path))
     assert seen["think_temperature"] == 0.7 and seen["think_top_p"] == 0.95
+    assert seen["query_instruction"] == "query: "
 
 
 def test_cli_bad_folder_is_one_sentence(tmp_path):

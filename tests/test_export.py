@@ -70,7 +70,7 @@ EVAL = {"folder": "demo", "split": "test", "num_queries": 8, "num_docs": 120,
 def exported(tmp_path_factory):
     """{"full" | "lora": (workdir, export folder)}; the full run has evaluation results, the LoRA run none."""
     root = tmp_path_factory.mktemp("export")
-    full = _train(root / "full")
+    full = _train(root / "full", **{"data.query_instruction": "jazz "})  # a word of the synthetic vocabulary
     (full / "eval").mkdir()
     (full / "eval" / "demo-test.json").write_text(json.dumps(EVAL))
     lora = _train(root / "lora", **LORA)
@@ -262,11 +262,13 @@ def test_the_export_keeps_the_runs_lengths_and_thinking_settings(exported):
     config = workdir_lib.read_run_config(workdir)[1]
     assert settings == {"max_query_tokens": config.data.max_query_tokens, "max_thought_tokens": config.data.max_thought_tokens,
                         "max_doc_tokens": config.data.max_doc_tokens, "think_temperature": config.eval.temperature,
-                        "think_top_p": config.eval.top_p, "num_thoughts": config.eval.num_thoughts}
+                        "think_top_p": config.eval.top_p, "num_thoughts": config.eval.num_thoughts,
+                        "query_instruction": "jazz "}
     from_export, from_workdir = O1Embedder.from_pretrained(out), O1Embedder.from_pretrained(workdir)
     for emb in (from_export, from_workdir):
         f = emb.formatter
         assert (f.max_query_tokens, f.max_thought_tokens, f.max_doc_tokens) == (12, 20, 14)  # configs/demo.py
         assert (emb.think_temperature, emb.think_top_p) == (config.eval.temperature, config.eval.top_p)
+        assert emb.query_instruction == "jazz "
     np.testing.assert_allclose(from_export.encode_queries(QUERIES), from_workdir.encode_queries(QUERIES), rtol=0,
                                atol=1e-5)  # unit vectors; the export's weights are the workdir's, reordered sums only

@@ -26,7 +26,7 @@ from o1_jax.models import LlamaForCausalLM
 
 SETTINGS = "o1_embedder.json"
 SETTING_KEYS = ("max_query_tokens", "max_thought_tokens", "max_doc_tokens", "think_temperature", "think_top_p",
-                "num_thoughts")
+                "num_thoughts", "query_instruction")
 
 
 def read_settings(folder: pathlib.Path) -> dict:
@@ -47,7 +47,8 @@ def read_settings(folder: pathlib.Path) -> dict:
 def write_o1_folder(folder: pathlib.Path, model: LlamaForCausalLM, params: dict, tokenizer, *,
                     max_query_tokens: int, max_thought_tokens: int, max_doc_tokens: int,
                     run: model_card.RunSummary, tokenizer_source: str, max_shard_size: int | str = "5GB",
-                    think_temperature: float, think_top_p: float, num_thoughts: int) -> None:
+                    think_temperature: float, think_top_p: float, num_thoughts: int,
+                    query_instruction: str = "") -> None:
     """Writes the O1 folder into `folder`, an empty folder the caller publishes (e.g. o1_jax.files.staged_folder).
 
     The length limits are the training ones (`config.data`); `tokenizer` (the training tokenizer, with the
@@ -65,7 +66,8 @@ def write_o1_folder(folder: pathlib.Path, model: LlamaForCausalLM, params: dict,
                                                                      source=tokenizer_source)
     atomic_write_json(folder / SETTINGS, dict(
         max_query_tokens=max_query_tokens, max_thought_tokens=max_thought_tokens, max_doc_tokens=max_doc_tokens,
-        think_temperature=think_temperature, think_top_p=think_top_p, num_thoughts=num_thoughts))
+        think_temperature=think_temperature, think_top_p=think_top_p, num_thoughts=num_thoughts,
+        query_instruction=query_instruction))
     hf_config = json.loads((folder / "config.json").read_text())
     model_card.write_model_card(folder, run, model_card.ModelSummary(
         architecture=hf_config["architectures"][0], tied=bool(hf_config.get("tie_word_embeddings")),

@@ -39,7 +39,7 @@ class O1Embedder:
     def __init__(self, model: LlamaForCausalLM, params, tokenizer, *, max_query_tokens: int = 64,
                  max_thought_tokens: int = 128, max_doc_tokens: int = 256, batch_size: int = 32,
                  think_temperature: float = defaults.THINK_TEMPERATURE, think_top_p: float = defaults.THINK_TOP_P,
-                 devices: Sequence[jax.Device] | None = None):
+                 query_instruction: str = "", devices: Sequence[jax.Device] | None = None):
         # Data parallel over this process's devices: parameters replicated, batch rows split.
         devices = list(devices or jax.local_devices())
         replicated, self._rows = sharding.data_parallel(devices)
@@ -54,6 +54,8 @@ class O1Embedder:
         self.batch_size = batch_size
         self.max_thought_tokens = max_thought_tokens
         self.think_temperature, self.think_top_p = think_temperature, think_top_p
+        # Prepended to every query before it is formatted (thinking and embedding alike), as in training.
+        self.query_instruction = str(query_instruction)
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", devices: Sequence[jax.Device] | None = None,
@@ -74,7 +76,8 @@ class O1Embedder:
             d, e = restored.config.data, restored.config.get("eval", {})
             run_defaults = dict(max_query_tokens=d.max_query_tokens, max_thought_tokens=d.max_thought_tokens,
                                 max_doc_tokens=d.max_doc_tokens, think_temperature=e.get("temperature", defaults.THINK_TEMPERATURE),
-                                think_top_p=e.get("top_p", defaults.THINK_TOP_P))
+                                think_top_p=e.get("top_p", defaults.THINK_TOP_P),
+                                query_instruction=d.get("query_instruction", ""))
             return cls(model, restored.params, restored.tokenizer, devices=devices, **{**run_defaults, **kwargs})
         model, params = hf.load_pretrained(folder, dtype=dtype)
         model = LlamaForCausalLM(model.cfg.replace(attention=attention or "auto"))
@@ -124,6 +127,7 @@ class O1Embedder:
     def _generate(self, queries: Sequence[str], k: int, sampling: Sampling | None, seed: int, embed: bool):
         """Each query is prefilled once and its k thoughts share that cache: rows i*k .. i*k+k-1."""
         sampling = sampling or self.default_sampling(k)
+        queries = self._instructed(queries)
         n_dev = self._rows.mesh.size  # prompt rows are split over the devices too
         per_batch = max(self.batch_size // k // n_dev, 1) * n_dev
         tokens, lengths, embeddings = [], [], []
@@ -141,6 +145,9 @@ class O1Embedder:
             if embed:
                 embeddings.append(np.asarray(out["embeddings"])[:rows])
         return tokens, lengths, embeddings
+
+    def _instructed(self, queries: Sequence[str]) -> list[str]:
+        return [self.query_instruction + q for q in queries]
 
     def think(self, queries: Sequence[str], k: int = 1, sampling: Sampling | None = None,
               seed: int = 0) -> list[list[str]]:
@@ -160,6 +167,7 @@ class O1Embedder:
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATIONS}")
         if num_thoughts == 0:
+            queries = self._instructed(queries)
             out = np.zeros((len(queries), self.model.cfg.hidden_size), np.float32)
             fn = _embed_fn(self.model)
             for start in range(0, len(queries), self.batch_size):
