@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from o1_jax import hf
@@ -270,3 +271,33 @@ def test_self_hits_are_dropped_before_scoring_unless_switched_off(tmp_path):
     assert dropped["mrr@10"] == pytest.approx(1.0) and dropped["ndcg@10"] == pytest.approx(1.0)
     assert dropped["per_query"] == {q: {m: pytest.approx(1.0) for m in METRICS} for q in ("a1", "a3")}
     assert set(kept["per_query"]) == {"a1", "a3"} and kept["per_query"]["a1"]["mrr@10"] == pytest.approx(0.5)
+
+
+def test_placebo_and_given_thought_modes_embed_the_thoughts_they_are_given(setup, tmp_path):
+    """placebo_query embeds each query with itself as the thought; thoughts:FILE with the file's thought
+    for its id; both score what `encode_with_thoughts` gives, and a file missing a query is refused."""
+    from o1_jax.retrieval import beir_eval
+
+    beir, model_dir = setup
+    emb = O1Embedder.from_pretrained(model_dir, max_thought_tokens=4, batch_size=64)
+    _, qids, texts, qrels = beir_eval.judged_split(beir, "test", 6)
+    file = tmp_path / "expert.jsonl"
+    thoughts = [f"{t} the answer" if i % 2 else "" for i, t in enumerate(texts)]
+    file.write_text("".join(json.dumps({"id": q, "query": t, "pos": ["x"], "thought": th}) + "\n"
+                            for q, t, th in zip(qids, texts, thoughts)))
+    results = evaluate_beir(emb, beir, max_queries=6, modes=("no_think", "placebo_query", f"thoughts:{file}"))
+    assert list(results["modes"]) == ["no_think", "placebo(thought=query)", "given_thoughts(expert)"]
+    corpus = beir_eval.judged_split(beir, "test", 6)[0]
+    doc_ids = list(corpus)
+    index = Index.build(emb.encode_corpus([corpus[d] for d in doc_ids]), doc_ids)
+    for name, given in (("placebo(thought=query)", texts), ("given_thoughts(expert)", thoughts)):
+        run = beir_eval.search_run(index, emb.encode_with_thoughts(texts, given), qids, 1000)
+        assert results["modes"][name]["ndcg@10"] == pytest.approx(beir_eval.ir_metrics(run, qrels)["ndcg@10"], abs=1e-9)
+    # An empty thought is the no-think row itself: the same tokens.
+    np.testing.assert_array_equal(emb.encode_with_thoughts(texts, [""] * len(texts)), emb.encode_queries(texts))
+    assert not np.array_equal(emb.encode_with_thoughts(texts, texts), emb.encode_queries(texts))
+    file.write_text(file.read_text().split("\n", 1)[1])  # the first query's record gone
+    with pytest.raises(ValueError, match=rf"expert.jsonl: no record for query id {re.escape(repr(qids[0]))} \(1 of the 6"):
+        evaluate_beir(emb, beir, max_queries=6, modes=(f"thoughts:{file}",))
+    with pytest.raises(ValueError, match="expected 'no_think', 'think', 'think:K'"):
+        beir_eval.parse_mode("placebo", 3)

@@ -167,20 +167,28 @@ class O1Embedder:
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATIONS}")
         if num_thoughts == 0:
-            queries = self._instructed(queries)
-            out = np.zeros((len(queries), self.model.cfg.hidden_size), np.float32)
-            fn = _embed_fn(self.model)
-            for start in range(0, len(queries), self.batch_size):
-                chunk = list(queries[start:start + self.batch_size])
-                batch = self.formatter.collate_queries(chunk, num_rows=self.batch_size)
-                emb = fn(self.params, *self._shard(batch["query_ids"], batch["query_mask"]))
-                out[start:start + len(chunk)] = np.asarray(emb)[: len(chunk)]
-            return out
+            return self.encode_with_thoughts(queries, [""] * len(queries))
         _, _, embeddings = self._generate(queries, num_thoughts, sampling, seed, embed=True)
         vectors = np.concatenate(embeddings).reshape(len(queries), num_thoughts, -1).mean(axis=1)
         if aggregate == "mean_normalized":
             vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
         return vectors.astype(np.float32)
+
+    def encode_with_thoughts(self, queries: Sequence[str], thoughts: Sequence[str]) -> np.ndarray:
+        """`[Q, D]`: each query embedded with the thought it is given, none generated: the rows are
+        `<query>{q}</query><thought>{t}<eos><emb>`, the training format (an empty thought is the
+        no-think row). For controls such as a placebo thought, or an expert's thoughts for test queries."""
+        if len(thoughts) != len(queries):
+            raise ValueError(f"encode_with_thoughts: {len(queries)} queries but {len(thoughts)} thoughts")
+        queries = self._instructed(queries)
+        out = np.zeros((len(queries), self.model.cfg.hidden_size), np.float32)
+        fn = _embed_fn(self.model)
+        for start in range(0, len(queries), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            batch = self.formatter.collate_queries(queries[chunk], list(thoughts[chunk]), num_rows=self.batch_size)
+            emb = fn(self.params, *self._shard(batch["query_ids"], batch["query_mask"]))
+            out[chunk] = np.asarray(emb)[: len(queries[chunk])]
+        return out
 
     # ------------------------------------------------------------------ the encoder protocol
 

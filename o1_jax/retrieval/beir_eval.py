@@ -15,14 +15,14 @@ import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import pytrec_eval
 
 from o1_jax.data.beir import load_beir
-from o1_jax.data.records import doc_text
+from o1_jax.data.records import doc_text, read_records
 from o1_jax.files import atomic_open
 from o1_jax.retrieval.bm25 import BM25
 from o1_jax.retrieval.dense import DenseEncoder
@@ -130,19 +130,50 @@ def overlap_at(run: Mapping[str, Mapping[str, float]], reference: Mapping[str, M
     return recall_at_k([top(run[q]) for q in reference], [top(reference[q]) for q in reference], k)
 
 
-def parse_mode(mode: str, num_thoughts: int) -> tuple[str, int]:
-    """("no_think", 0) or (f"think(k={k})", k) for "no_think", "think" (k = num_thoughts) or "think:K"."""
+class Mode(NamedTuple):
+    """An evaluation mode: its name in the results, the thoughts generated per query (0: none), and
+    the thoughts it is given instead ("query": the query itself, a placebo; else an O1 JSONL file)."""
+
+    name: str
+    k: int
+    given: str | None = None
+
+
+MODES_HELP = "'no_think', 'think', 'think:K' (K thoughts), 'placebo_query' or 'thoughts:FILE' (O1 JSONL)"
+
+
+def parse_mode(mode: str, num_thoughts: int) -> Mode:
+    """A mode string: "no_think"; "think" (num_thoughts) or "think:K"; "placebo_query" (the query
+    repeated as its thought: does a thought help by its content or by its form?); "thoughts:FILE"
+    (each query's thought from an O1 JSONL file by id, e.g. an expert's thoughts for the test queries)."""
     if mode == "no_think":
-        return "no_think", 0
+        return Mode("no_think", 0)
+    if mode == "placebo_query":
+        return Mode("placebo(thought=query)", 0, "query")
+    if mode.startswith("thoughts:") and mode[len("thoughts:"):]:
+        path = mode[len("thoughts:"):]
+        return Mode(f"given_thoughts({pathlib.Path(path).stem})", 0, path)
     if mode == "think":
         k = num_thoughts
     elif mode.startswith("think:") and mode[len("think:"):].isdigit():
         k = int(mode[len("think:"):])
     else:
-        raise ValueError(f"evaluation mode {mode!r}: expected 'no_think', 'think' or 'think:K' (K thoughts)")
+        raise ValueError(f"evaluation mode {mode!r}: expected {MODES_HELP}")
     if k < 1:
         raise ValueError(f"evaluation mode {mode!r}: thinking needs at least one thought, got k={k}")
-    return f"think(k={k})", k
+    return Mode(f"think(k={k})", k)
+
+
+def given_thoughts(mode: Mode, qids: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The thoughts a "placebo_query" or "thoughts:FILE" mode gives the judged queries, in order."""
+    if mode.given == "query":
+        return list(texts)
+    by_id = {r["id"]: r.get("thought") or "" for r in read_records(mode.given)}
+    missing = [q for q in qids if q not in by_id]
+    if missing:
+        raise ValueError(f"{mode.given}: no record for query id {missing[0]!r} ({len(missing)} of the {len(qids)} "
+                         "judged queries have none); expected one O1 record with a 'thought' per query id")
+    return [by_id[q] for q in qids]
 
 
 def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, num_thoughts: int = 3,
@@ -152,7 +183,8 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
                   ignore_identical_ids: bool = True) -> dict[str, Any]:
     """Scores each mode on a BEIR folder; returns {"modes": {mode: metrics}, ...timings and settings}.
 
-    A mode is "no_think", "think" (num_thoughts thoughts) or "think:K". With `compare_scann`, the
+    A mode is "no_think", "think" (num_thoughts thoughts), "think:K", "placebo_query" or
+    "thoughts:FILE" (`parse_mode`). With `compare_scann`, the
     same query vectors are also searched in a ScaNN index (tree + AH + reordering, forced whatever
     the corpus size) and each mode gets a "scann" entry: its metrics and the recall of its top-10
     against exact search (the evaluation's own index when it is exact, else an exact one built for it).
@@ -178,9 +210,12 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
                                "corpus_encode_s": encode_s, "index_mode": index.mode, "modes": {}}
     if scann is not None:
         results["scann_params"] = scann.params
-    for name, k in parsed:
+    thoughts = {m.name: given_thoughts(m, judged, texts) for m in parsed if m.given}  # a bad file: before encoding
+    for name, k, given in parsed:
         t = time.perf_counter()
-        if k == 0:
+        if given:
+            q = embedder.encode_with_thoughts(texts, thoughts[name])
+        elif k == 0:
             q = embedder.encode_queries(texts)
         else:
             q = embedder.encode_queries(texts, num_thoughts=k, seed=seed, aggregate=aggregate)
