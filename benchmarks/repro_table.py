@@ -3,8 +3,11 @@
   python benchmarks/repro_table.py --results DIR/results [--timings DIR/timings.tsv] [--out DIR/table.md]
 
 Reads `<set>-<row>.json` for the sets scifact, nfcorpus and the rows of ROWS (launch/local/repro_smollm2.sh
-writes exactly these) and prints three Markdown tables: the metrics, ScaNN against exact search for the
-O1 model, and the wall time of each step. A missing result file is an error naming it.
+writes exactly these) and prints four Markdown tables: the metrics, paired tests of each O1 row against
+O1 without thinking (o1_jax.retrieval.paired: mean nDCG@10 difference, 95% bootstrap CI, randomisation
+p, over the common queries), ScaNN against exact search for the O1 model, and the wall time of each
+step. A missing result file of ROWS is an error naming it. CONTROLS (the placebo and expert thoughts,
+the second seed) are shown when their results exist, so a results folder from before them still reads.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import json
 import pathlib
 import sys
+
+from o1_jax.retrieval import paired
 
 SETS = (("scifact", "SciFact"), ("nfcorpus", "NFCorpus"))
 # (file name, mode inside the file, row label)
@@ -25,6 +30,16 @@ ROWS = (
     ("o1", "think(k=1)", "O1 SmolLM2, thinking, k = 1 (greedy)"),
     ("o1", "think(k=3)", "O1 SmolLM2, thinking, k = 3 (sampled, averaged)"),
 )
+# Shown when present: (file name, mode or a prefix of it ending in "(", row label).
+CONTROLS = (
+    ("o1", "placebo(thought=query)", "O1 SmolLM2, placebo thought: the query repeated (no generation)"),
+    ("o1", "given_thoughts(", "O1 SmolLM2, the expert's committee-picked test thoughts (sees the test positives)"),
+    ("nothink_seed1", "no_think", "SmolLM2, contrastive only, seed 1"),
+    ("o1_seed1", "no_think", "O1 SmolLM2, without thinking, seed 1"),
+    ("o1_seed1", "think(k=1)", "O1 SmolLM2, thinking, k = 1, seed 1"),
+    ("o1_seed1", "think(k=3)", "O1 SmolLM2, thinking, k = 3, seed 1"),
+)
+BASELINE = ("o1", "no_think")  # the paired tests' A
 METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "R@100"))
 
 
@@ -37,19 +52,53 @@ def load(results: pathlib.Path) -> dict[tuple[str, str], dict]:
                 raise FileNotFoundError(f"{path}: missing (expected `python -m o1_jax.evaluate` output for the "
                                         f"{name!r} row on {set_name}; see launch/local/repro_smollm2.sh)")
             out[set_name, name] = json.loads(path.read_text())
+        for name in dict.fromkeys(row[0] for row in CONTROLS):
+            path = results / f"{set_name}-{name}.json"
+            if path.is_file():
+                out[set_name, name] = json.loads(path.read_text())
     return out
+
+
+def find_mode(res: dict, set_name: str, name: str, mode: str) -> dict | None:
+    """The metrics of `mode` (or of the first mode starting with it, for a prefix ending in "(")."""
+    modes = res.get((set_name, name), {}).get("modes", {})
+    if mode.endswith("("):
+        mode = next((m for m in modes if m.startswith(mode)), mode)
+    return modes.get(mode)
+
+
+def present_rows(res: dict) -> list[tuple[str, str, str]]:
+    return list(ROWS) + [row for row in CONTROLS if all(find_mode(res, s, row[0], row[1]) for s, _ in SETS)]
 
 
 def metrics_table(res: dict) -> str:
     head = "| system | " + " | ".join(f"{label} {m}" for _, label in SETS for _, m in METRICS) + " |"
     lines = [head, "| --- |" + " ---: |" * (len(SETS) * len(METRICS))]
-    for name, mode, label in ROWS:
+    for name, mode, label in present_rows(res):
         cells = []
         for set_name, _ in SETS:
-            m = res[set_name, name]["modes"][mode]
+            m = find_mode(res, set_name, name, mode)
             cells += [f"{m[key]:.4f}" for key, _ in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_table(res: dict) -> str:
+    """Each row against O1 without thinking, per set, on nDCG@10 (rows whose results have per-query metrics)."""
+    lines = ["| B (A = O1 without thinking) | set | nDCG@10 B - A | 95% CI | p | queries |",
+             "| --- | --- | ---: | --- | ---: | ---: |"]
+    for name, mode, label in present_rows(res):
+        if (name, mode) == BASELINE or name in ("bm25", "minilm", "untrained"):
+            continue
+        for set_name, set_label in SETS:
+            a, b = find_mode(res, set_name, *BASELINE), find_mode(res, set_name, name, mode)
+            if "per_query" not in a or "per_query" not in b:
+                continue
+            r = paired.compare(a["per_query"], b["per_query"], ["ndcg@10"])["ndcg@10"]
+            mark = " *" if r["p_value"] < 0.05 else ""
+            lines.append(f"| {label} | {set_label} | {r['diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
+                         f"{r['p_value']:.4f}{mark} | {r['n']} |")
+    return "\n".join(lines + ["* p < 0.05 (paired randomisation test, 10,000 sign flips, seed 0)"])
 
 
 def scann_table(res: dict) -> str:
@@ -94,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = "\n\n".join([metrics_table(res), scann_table(res), timing_table(res, args.timings)]) + "\n"
+    text = "\n\n".join([metrics_table(res), paired_table(res), scann_table(res),
+                        timing_table(res, args.timings)]) + "\n"
     print(text, end="")
     if args.out:
         tmp = args.out.with_name(f".{args.out.name}.tmp")

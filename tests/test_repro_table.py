@@ -56,3 +56,29 @@ def test_missing_result_is_named(tmp_path, capsys):
     _write_results(tmp_path / "results", skip=("nfcorpus", "minilm"))
     assert _table_module().main(["--results", str(tmp_path / "results")]) == 2
     assert "nfcorpus-minilm.json: missing" in capsys.readouterr().err
+
+
+def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, capsys):
+    from o1_jax.retrieval import paired
+
+    table = _table_module()
+    _write_results(tmp_path / "results")
+    per_query = {"no_think": {"q1": 0.2, "q2": 0.4, "q3": 0.0}, "placebo(thought=query)": {"q1": 0.3, "q2": 0.4, "q3": 0.1},
+                 "given_thoughts(scifact_test_thoughts)": {"q1": 0.9, "q2": 0.8, "q3": 0.7}}
+    for s in ("scifact", "nfcorpus"):
+        path = tmp_path / "results" / f"{s}-o1.json"
+        r = json.loads(path.read_text())
+        for mode, values in per_query.items():
+            r["modes"].setdefault(mode, _metrics(0.3))["per_query"] = {q: {"ndcg@10": v} for q, v in values.items()}
+        path.write_text(json.dumps(r))
+    assert table.main(["--results", str(tmp_path / "results")]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| O1 SmolLM2, placebo")]
+    assert len(rows) == 3  # its metrics row, then one paired row per set
+    paired_rows = [line for line in text.splitlines() if line.startswith("| O1 SmolLM2, the expert's")]
+    want = paired.compare({q: {"ndcg@10": v} for q, v in per_query["no_think"].items()},
+                          {q: {"ndcg@10": v} for q, v in per_query["given_thoughts(scifact_test_thoughts)"].items()},
+                          ["ndcg@10"])["ndcg@10"]
+    assert f"| SciFact | {want['diff']:+.4f} | [{want['ci_low']:+.4f}, {want['ci_high']:+.4f}] | {want['p_value']:.4f}" \
+        in paired_rows[1]
+    assert "seed 1" not in text  # no seed-1 results: no seed-1 rows

@@ -17,13 +17,18 @@ usage() {
 usage: launch/local/repro_smollm2.sh [options] --out DIR
 
 Runs, in order, skipping a step whose output is already in DIR:
-  1. python -m o1_jax.data.prepare     SciFact train (809 queries) and a seeded NFCorpus train subset
-  2. python -m o1_jax.synthesize       three candidate thoughts per query, committee BM25 + MiniLM
-  3. python -m o1_jax.train            configs/repro_smollm2.py (O1) and configs/repro_smollm2_nothink.py
+  1. python -m o1_jax.data.prepare     SciFact train (809 queries) and a seeded NFCorpus train subset; both
+                                       test splits as records too (for the expert's test thoughts)
+  2. python -m o1_jax.synthesize       three candidate thoughts per query, committee BM25 + MiniLM (train and test)
+  3. python -m o1_jax.train            configs/repro_smollm2.py (O1) and configs/repro_smollm2_nothink.py, each
+                                       with seed 0 and seed 1
   4. python -m o1_jax.evaluate         SciFact and NFCorpus test: BM25, all-MiniLM-L6-v2, SmolLM2 untrained,
                                        the no-think twin, O1 without thinking and with k = 1 and 3 thoughts,
-                                       O1 with ScaNN against exact search
-  5. python benchmarks/repro_table.py  DIR/results/*.json -> DIR/table.md
+                                       O1 with a placebo thought (the query itself) and with the expert's
+                                       committee-picked test thoughts, O1 with ScaNN against exact search;
+                                       the seed-1 twins without and with thinking
+  5. python benchmarks/repro_table.py  DIR/results/*.json -> DIR/table.md, with paired tests against O1 without
+                                       thinking (mean difference, 95% bootstrap CI, randomisation p)
 
 options (a flag wins over its environment variable):
   --out DIR             O1_REPRO_DIR       where everything goes (data/, o1/, nothink/, cache/, results/)
@@ -87,11 +92,16 @@ step "$out/data/scifact_train.jsonl" "$python" -m o1_jax.data.prepare --beir "$d
 step "$out/data/nfcorpus_train.jsonl" "$python" -m o1_jax.data.prepare --beir "$data/nfcorpus" --split train \
   --negatives 7 --max_queries "$nf_queries" --out "$out/data/nfcorpus_train.jsonl"
 for set in scifact nfcorpus; do
+  # The test queries as records: the expert's thoughts for them are an evaluation control (step 4).
+  step "$out/data/${set}_test.jsonl" "$python" -m o1_jax.data.prepare --beir "$data/$set" --split test \
+    --negatives 7 --out "$out/data/${set}_test.jsonl"
+done
+for part in scifact_train nfcorpus_train scifact_test nfcorpus_test; do
   # Resumable: synthesis appends to its output and continues where it stopped.
-  step "$out/data/$set.done" "$python" -m o1_jax.synthesize --config configs/synth_scifact.py \
-    --config.input="$out/data/${set}_train.jsonl" --config.output="$out/data/${set}_train_thoughts.jsonl" \
+  step "$out/data/$part.done" "$python" -m o1_jax.synthesize --config configs/synth_scifact.py \
+    --config.input="$out/data/$part.jsonl" --config.output="$out/data/${part}_thoughts.jsonl" \
     --config.expert.max_new_tokens=64
-  ((DRY_RUN)) || touch "$out/data/$set.done"
+  ((DRY_RUN)) || touch "$out/data/$part.done"
 done
 if ((DRY_RUN)); then
   printf '+ cat %s %s > %s\n' "$out/data/scifact_train_thoughts.jsonl" "$out/data/nfcorpus_train_thoughts.jsonl" "$train"
@@ -100,12 +110,14 @@ elif [[ ! -e $train ]]; then
   mv "$train.tmp" "$train"
 fi
 
-# 3. The two trainings (re-running one resumes from its latest checkpoint).
-for model in o1 nothink; do
+# 3. The two trainings, with two seeds (re-running one resumes from its latest checkpoint).
+for model in o1 nothink o1_seed1 nothink_seed1; do
   config=configs/repro_smollm2.py$variant
-  [[ $model == nothink ]] && config=configs/repro_smollm2_nothink.py$variant
+  [[ $model == nothink* ]] && config=configs/repro_smollm2_nothink.py$variant
+  seed=0
+  [[ $model == *_seed1 ]] && seed=1
   step "$out/$model.done" "$python" -m o1_jax.train --config "$config" --workdir "$out/$model" \
-    --config.data.train="$train"
+    --config.data.train="$train" --config.seed="$seed"
   ((DRY_RUN)) || touch "$out/$model.done"
 done
 
@@ -126,8 +138,10 @@ for set in scifact nfcorpus; do
   evaluate untrained "$set" --config.model.path=shipped:smollm2-135m-instruct --config.modes=no_think \
     --config.max_query_tokens="$query_tokens" --config.max_doc_tokens="$doc_tokens"
   evaluate nothink "$set" --config.model.path="$out/nothink" --config.modes=no_think
-  evaluate o1 "$set" --config.model.path="$out/o1" "--config.modes=('no_think','think:1','think:3')" \
-    --config.compare_scann=True
+  evaluate o1 "$set" --config.model.path="$out/o1" --config.compare_scann=True \
+    "--config.modes=('no_think','think:1','think:3','placebo_query','thoughts:$out/data/${set}_test_thoughts.jsonl')"
+  evaluate nothink_seed1 "$set" --config.model.path="$out/nothink_seed1" --config.modes=no_think
+  evaluate o1_seed1 "$set" --config.model.path="$out/o1_seed1" "--config.modes=('no_think','think:1','think:3')"
 done
 
 # 5. The table.
