@@ -265,24 +265,11 @@ def test_resuming_on_other_sources_is_refused(two_files, tmp_path):
 
 
 def test_two_processes_read_their_slices_and_match_one_process(two_files, tmp_path):
-    from tests.test_train import _free_port, logged, overrides, run_cli
+    from tests.test_train import logged, run_two_processes
 
     single = loop.train(run_config(two_files, **{"train.num_steps": 3, "mesh.shape": (2, 2, 2)}), tmp_path / "one")
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    for attempt in range(3):
-        # A free port can be taken by another program before the coordinator binds it: then try another.
-        port = _free_port()
-        workdir = tmp_path / f"multi{attempt}"
-        procs = [run_cli(workdir, *overrides(**{
-            "data.synthetic": False, "data.train": repr(two_sources(*two_files)), "train.num_steps": 3, "mesh.shape": "(2,2,2)",
-            "distributed.initialize": True, "distributed.coordinator_address": f"localhost:{port}",
-            "distributed.num_processes": 2, "distributed.process_id": i}), env_extra=env, wait=False)
-            for i in range(2)]
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-        if all(p.returncode == 0 for p in procs) or not any(
-                w in out.lower() for out in outs for w in ("address already in use", "failed to add port")):
-            break
-    assert all(p.returncode == 0 for p in procs), outs
+    workdir = run_two_processes(tmp_path, **{"data.synthetic": False, "data.train": repr(two_sources(*two_files)),
+                                              "train.num_steps": 3, "mesh.shape": "(2,2,2)"})
     multi = logged(workdir)
     assert len(single.history) == 3
     last = single.history[-1]

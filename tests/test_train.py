@@ -185,8 +185,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_on_eight_devices(tmp_path, eight_run):
-    single = eight_run[1]
+def run_two_processes(tmp_path, **changes) -> pathlib.Path:
+    """Two `python -m o1_jax.train` processes of 4 CPU devices each on one workdir; returns it."""
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     for attempt in range(3):
         # A free port can be taken by another program before the coordinator binds it: then try another.
@@ -194,9 +194,8 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path, eight_run):
         workdir = tmp_path / f"multi{attempt}"
         procs = [
             run_cli(workdir, *overrides(**{
-                "train.num_steps": 3, "mesh.shape": "(2,2,2)", "distributed.initialize": True,
-                "distributed.coordinator_address": f"localhost:{port}", "distributed.num_processes": 2,
-                "distributed.process_id": i}), env_extra=env, wait=False)
+                **changes, "distributed.initialize": True, "distributed.coordinator_address": f"localhost:{port}",
+                "distributed.num_processes": 2, "distributed.process_id": i}), env_extra=env, wait=False)
             for i in range(2)
         ]
         outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -204,6 +203,12 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path, eight_run):
                 w in out.lower() for out in outs for w in ("address already in use", "failed to add port")):
             break
     assert all(p.returncode == 0 for p in procs), outs
+    return workdir
+
+
+def test_two_processes_match_one_process_on_eight_devices(tmp_path, eight_run):
+    single = eight_run[1]
+    workdir = run_two_processes(tmp_path, **{"train.num_steps": 3, "mesh.shape": "(2,2,2)"})
     multi = logged(workdir)
     for h in single.history:
         assert multi[h["step"]] == pytest.approx(h["loss"], rel=2e-5)
