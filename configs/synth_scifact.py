@@ -7,8 +7,10 @@
   python -m o1_jax.train --config configs/smollm2_scifact.py --workdir /tmp/o1_scifact \\
       --config.data.train=scifact_train_thoughts.jsonl
 
-Variants: `:quick` (16 records, 2 candidates, 48 new tokens: a smoke run on a CPU) and `:o1`
-(adds an o1_jax model as a third member: --config.committee.members.o1.path=WORKDIR_OR_HF_FOLDER).
+Variants: `:quick` (16 records, 2 candidates, 48 new tokens: a smoke run on a CPU), `:o1`
+(adds an o1_jax model as a third member: --config.committee.members.o1.path=WORKDIR_OR_HF_FOLDER) and
+`:served` (the expert is a server: `python -m o1_jax.serve --model shipped:smollm2-135m-instruct` on
+port 8000, or any OpenAI-compatible one via --config.expert.base_url=... --config.expert.model=NAME).
 """
 
 import ml_collections
@@ -36,6 +38,9 @@ def get_config(arg: str | None = None):
         c.expert.max_new_tokens = 48
     elif arg == "o1":
         c.committee.members.o1 = ml_collections.ConfigDict(dict(kind="o1", weight=1.0, path=""))
+    elif arg == "served":
+        c.expert.kind = "openai"
     elif arg:
-        raise ValueError(f"configs/synth_scifact.py: unknown variant {arg!r} (expected 'quick', 'o1' or nothing)")
+        raise ValueError(f"configs/synth_scifact.py: unknown variant {arg!r} (expected 'quick', 'o1', 'served' "
+                         "or nothing)")
     return c

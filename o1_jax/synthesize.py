@@ -4,6 +4,14 @@ Adds committee-chosen thoughts to O1 records (resumable: rerun the same command 
 Every key, its default and its meaning: `synthesis_config()` in o1_jax/defaults.py (each
 key is commented there); o1_jax/synthesis/pipeline.py describes the output format. Bad input
 stops with one `error:` line and exit code 2.
+
+The expert may be a server (any OpenAI-compatible /v1/chat/completions):
+
+  python -m o1_jax.serve --model shipped:smollm2-135m-instruct --port 8000 &
+  python -m o1_jax.synthesize --config configs/synth_scifact.py:served --config.input=IN --config.output=OUT
+
+If the server stays down through the retries (config.expert.max_retries) or refuses a request, the
+run stops with one `error:` line naming the records not written; rerun the same command to resume.
 """
 
 import pathlib

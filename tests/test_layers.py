@@ -20,7 +20,7 @@ LAYERS = (
     ("inference", ("o1_jax.inference",)),
     ("synthesis", ("o1_jax.synthesis",)),
     ("commands", ("o1_jax.train", "o1_jax.training_job", "o1_jax.evaluate", "o1_jax.index", "o1_jax.export",
-                  "o1_jax.plan", "o1_jax.synthesize", "o1_jax.data.prepare")),
+                  "o1_jax.plan", "o1_jax.synthesize", "o1_jax.serve", "o1_jax.data.prepare")),
 )
 
 

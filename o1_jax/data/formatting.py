@@ -142,6 +142,21 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def left_pad(rows: Sequence[Sequence[int]], length: int, num_rows: int | None, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded `[num_rows, length]` int32 ids and mask (num_rows None: one per row; extra rows are
+    all padding): the one padding rule of every batch the model sees."""
+    n = len(rows) if num_rows is None else num_rows
+    if n < len(rows):
+        raise ValueError(f"num_rows={num_rows} is smaller than the {len(rows)} rows given.")
+    ids = np.full((n, length), pad_id, np.int32)
+    mask = np.zeros((n, length), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):] = r
+        mask[i, length - len(r):] = 1
+    return ids, mask
+
+
 def sequence_lengths(max_query_tokens: int, max_thought_tokens: int, max_doc_tokens: int) -> tuple[int, int, int]:
     """(Tq, Kg, Td) of a training batch: `<query>q</query><thought>t<eos><emb>` has five specials,
     the generation targets are the thought and its `<eos>`, a document ends with `<emb>`."""
@@ -232,15 +247,7 @@ class Formatter:
     # ---- padding ----
 
     def _left_pad(self, rows: list[list[int]], length: int, num_rows: int | None = None):
-        n = len(rows) if num_rows is None else num_rows
-        if n < len(rows):
-            raise ValueError(f"num_rows={num_rows} is smaller than the {len(rows)} rows given.")
-        ids = np.full((n, length), self.pad_id, np.int32)
-        mask = np.zeros((n, length), np.int32)
-        for i, r in enumerate(rows):
-            ids[i, length - len(r):] = r
-            mask[i, length - len(r):] = 1
-        return ids, mask
+        return left_pad(rows, length, num_rows, self.pad_id)
 
     def _bucket_len(self, rows: list[list[int]], cap: int) -> int:
         longest = max((len(r) for r in rows), default=1)

@@ -149,13 +149,29 @@ class O1Embedder:
     def _instructed(self, queries: Sequence[str]) -> list[str]:
         return [self.query_instruction + q for q in queries]
 
+    def _texts(self, tokens, lengths, k: int) -> list[list[str]]:
+        texts = [self.tokenizer.decode(t[:n], skip_special_tokens=True).strip()
+                 for tb, lb in zip(tokens, lengths) for t, n in zip(tb, lb)]
+        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
     def think(self, queries: Sequence[str], k: int = 1, sampling: Sampling | None = None,
               seed: int = 0) -> list[list[str]]:
         """k thoughts per query, as text."""
         tokens, lengths, _ = self._generate(queries, k, sampling, seed, embed=False)
-        texts = [self.tokenizer.decode(t[:n], skip_special_tokens=True).strip()
-                 for tb, lb in zip(tokens, lengths) for t, n in zip(tb, lb)]
-        return [texts[i * k:(i + 1) * k] for i in range(len(queries))]
+        return self._texts(tokens, lengths, k)
+
+    def think_and_encode(self, queries: Sequence[str], num_thoughts: int, sampling: Sampling | None = None,
+                         seed: int = 0, aggregate: str = "mean_normalized"):
+        """What `encode_queries(num_thoughts=k >= 1)` and `think(k)` give, from ONE generation:
+        `(vectors [Q, D], thoughts: k texts per query, thought_tokens [Q, k])`."""
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATIONS}")
+        tokens, lengths, embeddings = self._generate(queries, num_thoughts, sampling, seed, embed=True)
+        vectors = np.concatenate(embeddings).reshape(len(queries), num_thoughts, -1).mean(axis=1)
+        if aggregate == "mean_normalized":
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
+        counts = np.concatenate(lengths).reshape(len(queries), num_thoughts)
+        return vectors.astype(np.float32), self._texts(tokens, lengths, num_thoughts), counts
 
     def encode_queries(self, queries: Sequence[str], num_thoughts: int = 0, sampling: Sampling | None = None,
                        seed: int = 0, aggregate: str = "mean_normalized") -> np.ndarray:
@@ -164,15 +180,11 @@ class O1Embedder:
         aggregate: "mean_normalized" (mean, then L2-normalised) or "mean" (as the original, not
         re-normalised; inner products then shrink with the thoughts' disagreement).
         """
-        if aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATIONS}")
         if num_thoughts == 0:
+            if aggregate not in AGGREGATIONS:
+                raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATIONS}")
             return self.encode_with_thoughts(queries, [""] * len(queries))
-        _, _, embeddings = self._generate(queries, num_thoughts, sampling, seed, embed=True)
-        vectors = np.concatenate(embeddings).reshape(len(queries), num_thoughts, -1).mean(axis=1)
-        if aggregate == "mean_normalized":
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
-        return vectors.astype(np.float32)
+        return self.think_and_encode(queries, num_thoughts, sampling, seed, aggregate)[0]
 
     def encode_with_thoughts(self, queries: Sequence[str], thoughts: Sequence[str]) -> np.ndarray:
         """`[Q, D]`: each query embedded with the thought it is given, none generated: the rows are

@@ -20,6 +20,9 @@ Two layouts: `fresh_examples=True` gives each candidate its own prompt and examp
 original's n rounds); `False` (default) gives the n candidates of a record one prompt, which
 `LlamaExpert` prefills once and samples n times from the same KV cache (`generate_samples`):
 prefill dominates on a CPU, so this is about n times less prompt work.
+
+`OpenAIExpert` (openai_expert.py) sends the same messages to an OpenAI-compatible server instead
+(python -m o1_jax.serve, vLLM); at temperature 0 o1_jax.serve gives this module's `LlamaExpert` texts.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import transformers
 
 from o1_jax import hf, model_specs
-from o1_jax.data.formatting import round_up
+from o1_jax.data.formatting import left_pad, round_up
 from o1_jax.data.records import doc_text
 from o1_jax.inference.generate import Sampling, generate
 
@@ -122,6 +125,11 @@ class Plan:
     batches: list[list[int]]
 
 
+class ExpertError(OSError):
+    """The expert's server failed or refused for good (after its retries): the run stops with one line and
+    resumes on rerun. An OSError, like any other refusal from outside the program (o1_jax.cli)."""
+
+
 class Expert(abc.ABC):
     """Proposes n candidate thoughts per record; subclasses implement `generate_batch`.
 
@@ -149,6 +157,9 @@ class Expert(abc.ABC):
 
     def prompts_per_batch(self, samples: int) -> int:
         return max(1, self.batch_size // samples)
+
+    def close(self) -> None:
+        """Releases what the expert holds outside the process (OpenAIExpert: its HTTP connections)."""
 
     @abc.abstractmethod
     def generate_batch(self, prompts: list, samples: int, rng_seed: int, batch_index: int) -> list[list[str]]:
@@ -250,13 +261,7 @@ class LlamaExpert(Expert):
         if longest > limit:
             raise ValueError(f"a prompt has {longest} tokens; with max_new_tokens={self.settings.max_new_tokens} "
                              f"the model allows at most {limit} (lower expert.example_max_words or expert.num_examples)")
-        width = round_up(longest, self.settings.bucket)
-        ids = np.full((num_rows, width), self.pad_id, np.int32)
-        mask = np.zeros((num_rows, width), np.int32)
-        for k, r in enumerate(rows):
-            ids[k, width - len(r):] = r
-            mask[k, width - len(r):] = 1
-        return ids, mask
+        return left_pad(rows, round_up(longest, self.settings.bucket), num_rows, self.pad_id)
 
     def generate_batch(self, prompts: list[list[int]], samples: int, rng_seed: int,
                        batch_index: int) -> list[list[str]]:

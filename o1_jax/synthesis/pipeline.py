@@ -18,6 +18,13 @@ input's, or its line number), `all_thought`, `thought` and `committee` added:
 Few-shot examples are drawn from (seed, record id, candidate), so a resumed run builds the same
 prompts as an uninterrupted one; a chunk's sampling seed comes from (seed, the chunk's record ids),
 so its samples are the same too unless the kill split a chunk.
+
+The expert is `LlamaExpert` (config.expert.kind "local") or `OpenAIExpert` ("openai": any
+OpenAI-compatible server, e.g. `python -m o1_jax.serve`). When the expert fails for good
+(`ExpertError`: its server stayed down through the retries, or refused a request), the run stops:
+the records before the failing chunk stay written, none of that chunk is, the summary file says
+`incomplete` (the error and the records left), and the error names the chunk's records; rerunning
+the same command resumes there.
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ from o1_jax.files import atomic_open
 from o1_jax.metrics import ProgressBar
 from o1_jax.synthesis import committee as committee_lib
 from o1_jax.synthesis import degenerate
-from o1_jax.synthesis.expert import Expert, FewShotPool, GenerationSettings, LlamaExpert, stable_hash
+from o1_jax.synthesis.expert import Expert, ExpertError, FewShotPool, GenerationSettings, LlamaExpert, stable_hash
+from o1_jax.synthesis.openai_expert import OpenAIExpert
+
+EXPERT_KINDS = ("local", "openai")
 
 
 # ----------------------------------------------------------------------------- input and resume
@@ -175,12 +185,22 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
     bar = ProgressBar(len(inputs) * num_candidates, initial=len(done) * num_candidates, enabled=progress,
                       desc="synthesize", unit="thought", log_every_s=30.0)
     appender = _Appender(output)
+    summary_path = pathlib.Path(str(output) + ".summary.json")
     try:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             records = [rec for _, rec in chunk]
-            candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]),
-                                        on_batch=bar.advance)
+            try:
+                candidates = expert.propose(records, num_candidates, chunk_seed(seed, [r["id"] for r in records]),
+                                            on_batch=bar.advance)
+            except ExpertError as e:
+                left = len(inputs) - len(committees)
+                summary = dict(summarize(committees, seed=seed), incomplete={"error": str(e), "records_left": left})
+                with atomic_open(summary_path) as f:
+                    json.dump(summary, f, indent=2)
+                raise ExpertError(f"{e}; so records {records[0]['id']} .. {records[-1]['id']} were not written "
+                                  f"({len(committees)} records are, {left} are left): rerun the same command "
+                                  "to resume") from None
             judged = records if pool is None else [dict(r, neg=list(r.get("neg") or []) + pool.get(r["id"], []))
                                                    for r in records]
             scores = {m.name: m.score(judged, candidates) for m in members}
@@ -210,7 +230,7 @@ def synthesize(inputs: Sequence[tuple[dict, dict]], expert: Expert, members: Seq
         appender.close()
         bar.close()
     summary = summarize(committees, seed=seed)
-    with atomic_open(pathlib.Path(str(output) + ".summary.json")) as f:
+    with atomic_open(summary_path) as f:
         json.dump(summary, f, indent=2)
     return summary
 
@@ -298,6 +318,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "max_new_tokens", "bucket"):
         if e[key] < 1:
             bad(f"expert.{key}", e[key], "an integer >= 1")
+    if e.kind not in EXPERT_KINDS:
+        bad("expert.kind", e.kind, f"one of {EXPERT_KINDS}")
+    if e.kind == "openai":
+        if not str(e.base_url).startswith(("http://", "https://")):
+            bad("expert.base_url", e.base_url, "a server's API root, e.g. http://127.0.0.1:8000/v1")
+        if not e.model:
+            bad("expert.model", e.model, "the served model's name (GET {base_url}/models lists it)")
+        if e.max_concurrency < 1 or e.max_retries < 0:
+            bad("expert.max_concurrency", (e.max_concurrency, e.max_retries), ">= 1 (and max_retries >= 0)")
+        if not e.timeout > 0 or not e.backoff >= 0:
+            bad("expert.timeout", (e.timeout, e.backoff), "seconds > 0 (and backoff >= 0)")
     if e.num_examples < 0 or e.example_max_words < 0:
         bad("expert.num_examples", (e.num_examples, e.example_max_words), ">= 0 (and example_max_words >= 0)")
     if config.committee.pool.bm25_top < 0 or (config.committee.pool.bm25_top and not config.committee.pool.corpus):
@@ -320,11 +351,19 @@ def build_members(config: ml_collections.ConfigDict) -> list[committee_lib.Membe
             if float(spec.weight) > 0]
 
 
-def build_expert(config: ml_collections.ConfigDict, records: Sequence[dict]) -> LlamaExpert:
+def build_expert(config: ml_collections.ConfigDict, records: Sequence[dict]) -> Expert:
+    """`LlamaExpert` on the local model (expert.kind "local") or `OpenAIExpert` on a server ("openai")."""
     e = config.expert
     pool = FewShotPool(records, num_examples=e.num_examples, seed=config.seed, max_words=e.example_max_words)
     settings = GenerationSettings(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
                                   bucket=e.bucket)
+    if e.kind == "openai":
+        key_env = e.api_key_env
+        hint = f"the key in ${key_env} (config.expert.api_key_env)" if key_env else "config.expert.api_key_env"
+        return OpenAIExpert(pool, base_url=e.base_url, model=e.model, settings=settings, batch_size=e.batch_size,
+                            fresh_examples=e.fresh_examples, api_key=os.environ.get(key_env) if key_env else None,
+                            max_concurrency=e.max_concurrency, timeout=e.timeout, max_retries=e.max_retries,
+                            backoff=e.backoff, api_key_hint=hint)
     return LlamaExpert.load(e.model, pool, batch_size=e.batch_size, dtype=e.dtype, settings=settings,
                             fresh_examples=e.fresh_examples)
 
@@ -341,10 +380,13 @@ def run(config: ml_collections.ConfigDict) -> dict:
     p = config.committee.pool
     pool = corpus_pool([rec for _, rec in inputs], load_corpus(pathlib.Path(p.corpus).expanduser()),
                        p.bm25_top) if p.bm25_top else None
-    summary = synthesize(inputs, expert, members, output=pathlib.Path(config.output).expanduser(),
-                         num_candidates=config.num_candidates, seed=config.seed, chunk_size=config.chunk_size,
-                         rule=config.committee.rule, progress=config.progress,
-                         reject_degenerate=config.filter.enabled, min_words=config.filter.min_words, pool=pool)
+    try:
+        summary = synthesize(inputs, expert, members, output=pathlib.Path(config.output).expanduser(),
+                             num_candidates=config.num_candidates, seed=config.seed, chunk_size=config.chunk_size,
+                             rule=config.committee.rule, progress=config.progress,
+                             reject_degenerate=config.filter.enabled, min_words=config.filter.min_words, pool=pool)
+    finally:
+        expert.close()
     summary["seconds"] = round(time.perf_counter() - start, 1)
     print(format_summary(summary))
     print(f"wrote {config.output} ({summary['seconds']} s)")
