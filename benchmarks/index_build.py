@@ -1,8 +1,8 @@
 """Corpus encoding for an index: `index build` with 1 process vs 2 processes + `merge`, SmolLM2-135M.
 
-`--n` (20000) deterministic synthetic documents (a title of 3 words and a text of 100-200 words
-drawn from a fixed vocabulary of common English words, so about 110-230 tokens each) are written
-as a BEIR corpus.jsonl, then encoded by the real command, each run a fresh subprocess:
+`--n` (20000) deterministic synthetic documents (a title of 3 words and a text of `--words` (100,200)
+words drawn from a fixed vocabulary of common English words, so about 110-230 tokens each; `--words
+40,70` gives MS MARCO-like passages of about 60 tokens) are written as a BEIR corpus.jsonl, then encoded by the real command, each run a fresh subprocess:
 
   1 process    python -m o1_jax.index build --model M --corpus C --out ONE --shard_size S
   2 processes  python -m o1_jax.index build ... --shards TWO.shards --process_index i --process_count 2,
@@ -18,7 +18,7 @@ Last, an estimate (arithmetic, not a measurement): the time to encode the 8.8M M
 a TPU v5p-8 (4 chips x 459 bf16 TFLOP/s peak) at an assumed MFU, from `o1_jax.flops.forward_flops`
 of one passage of `--msmarco_tokens` tokens, for Llama-3.1-8B and for SmolLM2-135M.
 
-    python benchmarks/index_build.py [--n 20000 --shard_size 1000 --batch_size 32 --json out.json]
+    python benchmarks/index_build.py [--n 20000 --words 100,200 --shard_size 1000 --batch_size 32 --json out.json]
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ V5P_CHIP_BF16_FLOPS = 459e12
 V5P8_CHIPS = 4
 
 
-def write_corpus(path: pathlib.Path, n: int, seed: int = 0) -> None:
+def write_corpus(path: pathlib.Path, n: int, words: tuple[int, int] = (100, 200), seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             title = " ".join(rng.choice(VOCAB, 3))
-            text = " ".join(rng.choice(VOCAB, int(rng.integers(100, 201))))
+            text = " ".join(rng.choice(VOCAB, int(rng.integers(words[0], words[1] + 1))))
             f.write(json.dumps({"_id": f"doc{i}", "title": title, "text": text}) + "\n")
 
 
@@ -117,6 +117,7 @@ def estimate_line(name: str, tokens: float, mfu: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="documents")
+    parser.add_argument("--words", default="100,200", help="MIN,MAX words of a document's text")
     parser.add_argument("--shard_size", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workdir", help="where the corpus, shards and indexes go (default: a temporary folder)")
@@ -125,13 +126,19 @@ def main() -> None:
                         help="mean MS MARCO passage length in tokens for the estimate (~56 words + <emb>)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()
+    try:
+        words = tuple(int(w) for w in args.words.split(","))
+        if len(words) != 2 or not 1 <= words[0] <= words[1]:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--words must be MIN,MAX with 1 <= MIN <= MAX, got {args.words!r}")
     print(describe_machine())
     folder = fetch.fetch(MODEL.split(":", 1)[1])  # materialised once, outside the timed runs
     with tempfile.TemporaryDirectory(prefix="o1_index_build.") as tmp:
         work = pathlib.Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         corpus = work / "corpus.jsonl"
-        write_corpus(corpus, args.n)
+        write_corpus(corpus, args.n, words)
         tokens = mean_doc_tokens(folder, corpus)
         print(f"{args.n} synthetic documents, mean {tokens:.1f} tokens (of the first 500); shard_size "
               f"{args.shard_size}, batch_size {args.batch_size}, float32")
@@ -172,7 +179,7 @@ def main() -> None:
     print(estimate_line("llama3.1-8b", args.msmarco_tokens, args.mfu))
     print(estimate_line("smollm2-135m", args.msmarco_tokens, args.mfu))
     if args.json:
-        write_json(args.json, {"machine": machine(), "n": args.n, "mean_tokens": tokens, "shard_size": args.shard_size,
+        write_json(args.json, {"machine": machine(), "n": args.n, "words": words, "mean_tokens": tokens, "shard_size": args.shard_size,
                                "batch_size": args.batch_size, "one_process": one, "two_processes": two,
                                "two_processes_encode_wall_s": encode_wall, "merge": merge,
                                "same_ids": same_ids, "max_vector_difference": max_diff,
