@@ -1,29 +1,23 @@
 """O1Embedder: the Python API over a trained workdir and over a plain HF folder."""
 
 import enum
+import pathlib
 
-import jax
 import numpy as np
 import pytest
 import transformers
 
-from o1_jax import forward, hf
-from o1_jax.data import synthetic
+from o1_jax import forward
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.inference.generate import Sampling
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
+from tests.tiny_models import save_tiny_hf
 from tests.tolerances import reorder_atol
 
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A tiny random Llama with the synthetic tokenizer, saved as a plain HF folder (no O1 tokens)."""
-    tokenizer = synthetic.make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.2)
-    out = tmp_path_factory.mktemp("hf") / "tiny"
-    hf.save_pretrained(LlamaForCausalLM(cfg), init_params(cfg, jax.random.key(0)), out, tokenizer=tokenizer)
-    return out
+    return pathlib.Path(save_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny"))
 
 
 QUERIES = ["where does the friend of kamo rizel live ?", "what does the cousin of bane tosul do ?",

@@ -5,19 +5,18 @@ in the end-to-end tests of the real command with a tiny random Llama."""
 import hashlib
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from o1_jax import hf, index
-from o1_jax.data import synthetic
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
+from o1_jax import index
 from o1_jax.retrieval import shards
 from o1_jax.retrieval.vector_index import Index
+from tests.tiny_models import save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIM = 16
@@ -395,12 +394,7 @@ def test_the_command_refuses_a_shards_folder_of_other_files_before_loading(tmp_p
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A tiny random Llama with the synthetic tokenizer, saved as a plain HF folder (as in test_embedder.py)."""
-    tokenizer = synthetic.make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.2)
-    out = tmp_path_factory.mktemp("hf") / "tiny"
-    hf.save_pretrained(LlamaForCausalLM(cfg), init_params(cfg, jax.random.key(0)), out, tokenizer=tokenizer)
-    return out
+    return pathlib.Path(save_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny"))
 
 
 NAMES = "kamo rizel bane tosul lives in oslo the friend of neighbour cousin".split()

@@ -21,14 +21,13 @@ from mteb.models.model_meta import ScoringFunction  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from o1_jax import hf  # noqa: E402
 from o1_jax.data import synthetic  # noqa: E402
 from o1_jax.inference.embedder import O1Embedder  # noqa: E402
 from o1_jax.inference.mteb_model import O1MtebModel, local_beir_task  # noqa: E402
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params  # noqa: E402
 from o1_jax.retrieval.beir_eval import evaluate_beir, judged_split, params_fingerprint, search_run  # noqa: E402
 from o1_jax.retrieval.vector_index import Index  # noqa: E402
 from o1_jax.training import loop  # noqa: E402
+from tests.tiny_models import save_tiny_hf  # noqa: E402
 from tests.tolerances import reorder_atol  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,12 +62,7 @@ def offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """A tiny random Llama with the synthetic tokenizer, as a plain HF folder (tests/test_embedder.py's)."""
-    tokenizer = synthetic.make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.2)
-    out = tmp_path_factory.mktemp("hf") / "tiny"
-    hf.save_pretrained(LlamaForCausalLM(cfg), init_params(cfg, jax.random.key(0)), out, tokenizer=tokenizer)
-    return out
+    return pathlib.Path(save_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny"))
 
 
 @pytest.fixture(scope="module")

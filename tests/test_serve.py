@@ -21,12 +21,12 @@ import numpy as np
 import openai
 import pytest
 
-from o1_jax import hf, serve
-from o1_jax.data import formatting, synthetic
+from o1_jax import serve
+from o1_jax.data import formatting
 from o1_jax.inference import server as server_lib
 from o1_jax.inference.embedder import O1Embedder
 from o1_jax.inference.generate import Sampling, generate
-from o1_jax.models import LlamaConfig, LlamaForCausalLM, init_params
+from tests.tiny_models import save_tiny_hf
 
 KEY = "test-key"
 MODEL = "tiny-o1"
@@ -52,13 +52,7 @@ def assert_same_vectors(got, want):
 
 def make_tiny_folder(out) -> str:
     """A tiny random Llama (context 256) with the synthetic tokenizer and a chat template, as an HF folder."""
-    tokenizer = synthetic.make_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.2,
-                      max_position_embeddings=256)
-    hf.save_pretrained(LlamaForCausalLM(cfg), init_params(cfg, jax.random.key(0)), out, tokenizer=tokenizer)
-    return str(out)
+    return save_tiny_hf(out, chat_template=CHAT_TEMPLATE, max_position_embeddings=256)
 
 
 def load_tiny(folder) -> O1Embedder:
