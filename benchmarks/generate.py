@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import transformers
 from machine import (  # benchmarks/machine.py, next to this file
+    SENTENCES,
     describe_machine,
     machine,
     peak_rss_gib,
@@ -42,24 +43,6 @@ from o1_jax.inference.generate import Sampling, _compiled, generate
 
 MODEL = "smollm2-135m-instruct"
 SCIFACT_QUERIES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact" / "queries.jsonl"
-SENTENCES = [
-    "Aspirin reduces the risk of heart attack.",
-    "Vitamin D deficiency is common in northern countries during winter.",
-    "Mitochondria produce most of the chemical energy that cells need.",
-    "Sleep deprivation impairs working memory.",
-    "Regular aerobic exercise lowers resting blood pressure in adults with hypertension.",
-    "Antibiotics do not treat viral infections.",
-    "The gut microbiome of infants born by caesarean section differs from that of infants born vaginally.",
-    "Smoking is the leading cause of lung cancer.",
-    "CRISPR can edit genes in human embryos.",
-    "Statins reduce LDL cholesterol, but their effect on mortality in people without heart disease is debated.",
-    "Insulin resistance precedes type 2 diabetes.",
-    "Telomeres shorten with every cell division.",
-    "Measles vaccination does not cause autism.",
-    "Air pollution increases hospital admissions for asthma in children living near busy roads.",
-    "Caffeine improves alertness.",
-    "Beta blockers reduce mortality after myocardial infarction in patients with reduced ejection fraction.",
-]
 
 
 def load_queries(rows: int) -> tuple[list[str], str]:

@@ -50,3 +50,24 @@ def describe_machine() -> str:
 def write_json(path: str, obj) -> None:
     """Results to `path`, whole or not at all (o1_jax.files)."""
     atomic_write_json(path, obj)
+
+
+# Short SciFact-like claims: the built-in inputs of the generation and serving benchmarks.
+SENTENCES = [
+    "Aspirin reduces the risk of heart attack.",
+    "Vitamin D deficiency is common in northern countries during winter.",
+    "Mitochondria produce most of the chemical energy that cells need.",
+    "Sleep deprivation impairs working memory.",
+    "Regular aerobic exercise lowers resting blood pressure in adults with hypertension.",
+    "Antibiotics do not treat viral infections.",
+    "The gut microbiome of infants born by caesarean section differs from that of infants born vaginally.",
+    "Smoking is the leading cause of lung cancer.",
+    "CRISPR can edit genes in human embryos.",
+    "Statins reduce LDL cholesterol, but their effect on mortality in people without heart disease is debated.",
+    "Insulin resistance precedes type 2 diabetes.",
+    "Telomeres shorten with every cell division.",
+    "Measles vaccination does not cause autism.",
+    "Air pollution increases hospital admissions for asthma in children living near busy roads.",
+    "Caffeine improves alertness.",
+    "Beta blockers reduce mortality after myocardial infarction in patients with reduced ejection fraction.",
+]

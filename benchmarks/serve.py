@@ -27,25 +27,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from machine import describe_machine, machine, peak_rss_gib, write_json  # benchmarks/machine.py, next to this file
+from machine import SENTENCES, describe_machine, machine, peak_rss_gib, write_json  # benchmarks/machine.py
 
 from o1_jax.inference import server as server_lib
 from o1_jax.inference.embedder import O1Embedder
 
-SENTENCES = [
-    "Aspirin reduces the risk of heart attack.",
-    "Vitamin D deficiency is common in northern countries during winter.",
-    "Mitochondria produce most of the chemical energy that cells need.",
-    "Sleep deprivation impairs working memory.",
-    "Regular aerobic exercise lowers resting blood pressure in adults with hypertension.",
-    "Antibiotics do not treat viral infections.",
-    "Smoking is the leading cause of lung cancer.",
-    "Insulin resistance precedes type 2 diabetes.",
-    "Telomeres shorten with every cell division.",
-    "Measles vaccination does not cause autism.",
-    "Caffeine improves alertness.",
-    "Air pollution increases hospital admissions for asthma in children living near busy roads.",
-]
 CONFIGS = {"batched": dict(max_batch_size=32, batch_window_ms=5.0),
            "one at a time": dict(max_batch_size=1, batch_window_ms=0.0)}
 
