@@ -33,6 +33,7 @@ ROWS = (
 # Shown when present: (file name, mode or a prefix of it ending in "(", row label).
 CONTROLS = (
     ("o1", "placebo(thought=query)", "O1 SmolLM2, placebo thought: the query repeated (no generation)"),
+    ("o1", "shuffled_thoughts(", "O1 SmolLM2, placebo thought: another test query's expert thought"),
     ("o1", "given_thoughts(", "O1 SmolLM2, the expert's committee-picked test thoughts (sees the test positives)"),
     ("nothink_seed1", "no_think", "SmolLM2, contrastive only, seed 1"),
     ("o1_seed1", "no_think", "O1 SmolLM2, without thinking, seed 1"),
@@ -40,6 +41,13 @@ CONTROLS = (
     ("o1_seed1", "think(k=3)", "O1 SmolLM2, thinking, k = 3, seed 1"),
 )
 BASELINE = ("o1", "no_think")  # the paired tests' A
+# Further paired tests, shown when both sides exist: (A, B, what B - A measures).
+PAIRS = (
+    (("nothink", "no_think"), ("o1", "think(k=3)"), "O1 thinking (k = 3) against the contrastive twin"),
+    (("o1", "think(k=3)"), ("o1", "given_thoughts("), "the expert's thoughts against O1's own (k = 3)"),
+    (("o1", "shuffled_thoughts("), ("o1", "given_thoughts("), "the expert's thoughts, right query against wrong"),
+    (("o1", "placebo(thought=query)"), ("o1", "think(k=3)"), "O1's own thoughts (k = 3) against the query repeated"),
+)
 METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "R@100"))
 
 
@@ -83,21 +91,34 @@ def metrics_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_line(res: dict, label: str, a: tuple[str, str], b: tuple[str, str]) -> list[str]:
+    """One Markdown row per set: B - A on nDCG@10 over the common queries (sets lacking either side or
+    its per-query metrics are left out)."""
+    lines = []
+    for set_name, set_label in SETS:
+        ma, mb = find_mode(res, set_name, *a), find_mode(res, set_name, *b)
+        if not ma or not mb or "per_query" not in ma or "per_query" not in mb:
+            continue
+        r = paired.compare(ma["per_query"], mb["per_query"], ["ndcg@10"])["ndcg@10"]
+        mark = " *" if r["p_value"] < 0.05 else ""
+        lines.append(f"| {label} | {set_label} | {r['diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
+                     f"{r['p_value']:.4f}{mark} | {r['n']} |")
+    return lines
+
+
 def paired_table(res: dict) -> str:
-    """Each row against O1 without thinking, per set, on nDCG@10 (rows whose results have per-query metrics)."""
+    """Each row against O1 without thinking, per set, on nDCG@10 (rows whose results have per-query
+    metrics), then the PAIRS whose both sides exist."""
     lines = ["| B (A = O1 without thinking) | set | nDCG@10 B - A | 95% CI | p | queries |",
              "| --- | --- | ---: | --- | ---: | ---: |"]
     for name, mode, label in present_rows(res):
         if (name, mode) == BASELINE or name in ("bm25", "minilm", "untrained"):
             continue
-        for set_name, set_label in SETS:
-            a, b = find_mode(res, set_name, *BASELINE), find_mode(res, set_name, name, mode)
-            if "per_query" not in a or "per_query" not in b:
-                continue
-            r = paired.compare(a["per_query"], b["per_query"], ["ndcg@10"])["ndcg@10"]
-            mark = " *" if r["p_value"] < 0.05 else ""
-            lines.append(f"| {label} | {set_label} | {r['diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
-                         f"{r['p_value']:.4f}{mark} | {r['n']} |")
+        lines += paired_line(res, label, BASELINE, (name, mode))
+    pairs = [line for a, b, label in PAIRS for line in paired_line(res, label, a, b)]
+    if pairs:
+        lines += ["", "| B - A | set | nDCG@10 B - A | 95% CI | p | queries |",
+                  "| --- | --- | ---: | --- | ---: | ---: |", *pairs]
     return "\n".join(lines + ["* p < 0.05 (paired randomisation test, 10,000 sign flips, seed 0)"])
 
 

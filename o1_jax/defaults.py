@@ -175,8 +175,9 @@ def eval_config() -> ml_collections.ConfigDict:
     # package:NAME/sub/folder; exact search) or bm25 (bm25s, no path). Baselines need c.output.
     c.model = ml_collections.ConfigDict(dict(kind="o1", path="", dtype="float32"))
     c.data = ml_collections.ConfigDict(dict(path="", split="test"))  # BEIR folder
-    # o1 only; also "think:K" (K thoughts), "placebo_query" (the query as its own thought) and
-    # "thoughts:FILE" (each query's thought from an O1 JSONL file, by id): o1_jax.retrieval.beir_eval.parse_mode
+    # o1 only; also "think:K" (K thoughts), "placebo_query" (the query as its own thought),
+    # "thoughts:FILE" (each query's thought from an O1 JSONL file, by id) and "shuffled:FILE" (another
+    # query's thought from that file): o1_jax.retrieval.beir_eval.parse_mode
     c.modes = ("no_think", "think")
     c.num_thoughts = 3  # k thoughts per query in "think" mode (the original used 3)
     # Sampling of k > 1 thoughts; None: the model's own (its run's eval.temperature / eval.top_p,

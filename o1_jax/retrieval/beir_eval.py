@@ -131,28 +131,35 @@ def overlap_at(run: Mapping[str, Mapping[str, float]], reference: Mapping[str, M
 
 
 class Mode(NamedTuple):
-    """An evaluation mode: its name in the results, the thoughts generated per query (0: none), and
-    the thoughts it is given instead ("query": the query itself, a placebo; else an O1 JSONL file)."""
+    """An evaluation mode: its name in the results, the thoughts generated per query (0: none), the
+    thoughts it is given instead ("query": the query itself, a placebo; else an O1 JSONL file), and
+    whether those thoughts are shuffled across queries (each query gets another query's thought)."""
 
     name: str
     k: int
     given: str | None = None
+    shuffled: bool = False
 
 
-MODES_HELP = "'no_think', 'think', 'think:K' (K thoughts), 'placebo_query' or 'thoughts:FILE' (O1 JSONL)"
+MODES_HELP = ("'no_think', 'think', 'think:K' (K thoughts), 'placebo_query', 'thoughts:FILE' (O1 JSONL) "
+              "or 'shuffled:FILE'")
 
 
 def parse_mode(mode: str, num_thoughts: int) -> Mode:
-    """A mode string: "no_think"; "think" (num_thoughts) or "think:K"; "placebo_query" (the query
-    repeated as its thought: does a thought help by its content or by its form?); "thoughts:FILE"
-    (each query's thought from an O1 JSONL file by id, e.g. an expert's thoughts for the test queries)."""
+    """A mode string: "no_think" (also the empty-thought placebo: an empty thought is the same tokens);
+    "think" (num_thoughts) or "think:K"; "placebo_query" (the query repeated as its thought: does a
+    thought help by its content or by its form?); "thoughts:FILE" (each query's thought from an O1 JSONL
+    file by id, e.g. an expert's thoughts for the test queries); "shuffled:FILE" (the same thoughts,
+    each query given another query's: a fluent thought of the wrong content)."""
     if mode == "no_think":
         return Mode("no_think", 0)
     if mode == "placebo_query":
         return Mode("placebo(thought=query)", 0, "query")
-    if mode.startswith("thoughts:") and mode[len("thoughts:"):]:
-        path = mode[len("thoughts:"):]
-        return Mode(f"given_thoughts({pathlib.Path(path).stem})", 0, path)
+    for prefix, shuffled in (("thoughts:", False), ("shuffled:", True)):
+        if mode.startswith(prefix) and mode[len(prefix):]:
+            path = mode[len(prefix):]
+            label = "shuffled_thoughts" if shuffled else "given_thoughts"
+            return Mode(f"{label}({pathlib.Path(path).stem})", 0, path, shuffled)
     if mode == "think":
         k = num_thoughts
     elif mode.startswith("think:") and mode[len("think:"):].isdigit():
@@ -164,8 +171,10 @@ def parse_mode(mode: str, num_thoughts: int) -> Mode:
     return Mode(f"think(k={k})", k)
 
 
-def given_thoughts(mode: Mode, qids: Sequence[str], texts: Sequence[str]) -> list[str]:
-    """The thoughts a "placebo_query" or "thoughts:FILE" mode gives the judged queries, in order."""
+def given_thoughts(mode: Mode, qids: Sequence[str], texts: Sequence[str], seed: int = 0) -> list[str]:
+    """The thoughts a "placebo_query", "thoughts:FILE" or "shuffled:FILE" mode gives the judged queries,
+    in order. Shuffled: a seeded derangement (no query keeps its own thought; a cycle through a random
+    permutation), so every thought of the file is used once, by a query it was not written for."""
     if mode.given == "query":
         return list(texts)
     by_id = {r["id"]: r.get("thought") or "" for r in read_records(mode.given)}
@@ -173,7 +182,17 @@ def given_thoughts(mode: Mode, qids: Sequence[str], texts: Sequence[str]) -> lis
     if missing:
         raise ValueError(f"{mode.given}: no record for query id {missing[0]!r} ({len(missing)} of the {len(qids)} "
                          "judged queries have none); expected one O1 record with a 'thought' per query id")
-    return [by_id[q] for q in qids]
+    thoughts = [by_id[q] for q in qids]
+    if not mode.shuffled:
+        return thoughts
+    if len(thoughts) < 2:
+        raise ValueError(f"{mode.given}: shuffling thoughts across queries needs at least 2 judged queries, "
+                         f"got {len(thoughts)}")
+    order = np.random.default_rng(seed).permutation(len(thoughts))
+    out = [""] * len(thoughts)
+    for i, j in zip(order, np.roll(order, -1)):  # query order[n] gets the thought of query order[n + 1]
+        out[i] = thoughts[j]
+    return out
 
 
 def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, num_thoughts: int = 3,
@@ -183,8 +202,8 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
                   ignore_identical_ids: bool = True) -> dict[str, Any]:
     """Scores each mode on a BEIR folder; returns {"modes": {mode: metrics}, ...timings and settings}.
 
-    A mode is "no_think", "think" (num_thoughts thoughts), "think:K", "placebo_query" or
-    "thoughts:FILE" (`parse_mode`). With `compare_scann`, the
+    A mode is "no_think", "think" (num_thoughts thoughts), "think:K", "placebo_query",
+    "thoughts:FILE" or "shuffled:FILE" (`parse_mode`). With `compare_scann`, the
     same query vectors are also searched in a ScaNN index (tree + AH + reordering, forced whatever
     the corpus size) and each mode gets a "scann" entry: its metrics and the recall of its top-10
     against exact search (the evaluation's own index when it is exact, else an exact one built for it).
@@ -210,8 +229,9 @@ def evaluate_beir(embedder, folder: str | os.PathLike, split: str = "test", *, n
                                "corpus_encode_s": encode_s, "index_mode": index.mode, "modes": {}}
     if scann is not None:
         results["scann_params"] = scann.params
-    thoughts = {m.name: given_thoughts(m, judged, texts) for m in parsed if m.given}  # a bad file: before encoding
-    for name, k, given in parsed:
+    # a bad file fails before encoding
+    thoughts = {m.name: given_thoughts(m, judged, texts, seed) for m in parsed if m.given}
+    for name, k, given, _ in parsed:
         t = time.perf_counter()
         if given:
             q = embedder.encode_with_thoughts(texts, thoughts[name])
