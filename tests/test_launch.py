@@ -380,7 +380,10 @@ def _repro_expected(out: str, data: str, nf: int, variant: str, queries: int, do
     for part in ("scifact_train", "nfcorpus_train", "scifact_test", "nfcorpus_test"):
         expected.append(line(py, "-m", "o1_jax.synthesize", "--config", "configs/synth_scifact.py",
                              f"--config.input={d}/{part}.jsonl", f"--config.output={d}/{part}_thoughts.jsonl",
-                             "--config.expert.max_new_tokens=64"))
+                             "--config.expert.max_new_tokens=64",
+                             f"--config.committee.pool.corpus={data}/{part.split('_')[0]}/corpus.jsonl",
+                             "--config.committee.pool.bm25_top=20",
+                             *([] if variant else ["--config.expert.fresh_examples=False"])))
     expected.append(f"cat {d}/scifact_train_thoughts.jsonl {d}/nfcorpus_train_thoughts.jsonl > {d}/train_thoughts.jsonl")
     models = [("o1", "repro_smollm2.py", 0), ("nothink", "repro_smollm2_nothink.py", 0),
               ("o1_seed1", "repro_smollm2.py", 1), ("nothink_seed1", "repro_smollm2_nothink.py", 1)]
