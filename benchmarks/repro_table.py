@@ -6,7 +6,8 @@ Reads `<set>-<row>.json` for the sets scifact, nfcorpus and the rows of ROWS (la
 writes exactly these) and prints four Markdown tables: the metrics, paired tests of each O1 row against
 O1 without thinking (o1_jax.retrieval.paired: mean nDCG@10 difference, 95% bootstrap CI, randomisation
 p, over the common queries), ScaNN against exact search for the O1 model, and the wall time of each
-step. A missing result file of ROWS is an error naming it. CONTROLS (the placebo and expert thoughts,
+step. A missing result file of ROWS is an error naming it, unless `--partial` (a run still going, or
+one stopped early): then each of its rows reads "not run". CONTROLS (the placebo and expert thoughts,
 the second seed) are shown when their results exist, so a results folder from before them still reads.
 """
 
@@ -51,11 +52,13 @@ PAIRS = (
 METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "R@100"))
 
 
-def load(results: pathlib.Path) -> dict[tuple[str, str], dict]:
+def load(results: pathlib.Path, partial: bool = False) -> dict[tuple[str, str], dict]:
     out = {}
     for set_name, _ in SETS:
         for name in dict.fromkeys(row[0] for row in ROWS):
             path = results / f"{set_name}-{name}.json"
+            if not path.is_file() and partial:
+                continue
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing (expected `python -m o1_jax.evaluate` output for the "
                                         f"{name!r} row on {set_name}; see launch/local/repro_smollm2.sh)")
@@ -86,7 +89,7 @@ def metrics_table(res: dict) -> str:
         cells = []
         for set_name, _ in SETS:
             m = find_mode(res, set_name, name, mode)
-            cells += [f"{m[key]:.4f}" for key, _ in METRICS]
+            cells += [f"{m[key]:.4f}" if m else "not run" for key, _ in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,7 +129,7 @@ def scann_table(res: dict) -> str:
     lines = ["| set | O1 mode | nDCG@10 exact | nDCG@10 ScaNN | ScaNN top-10 recall vs exact | ScaNN params |",
              "| --- | --- | ---: | ---: | ---: | --- |"]
     for set_name, label in SETS:
-        r = res[set_name, "o1"]
+        r = res.get((set_name, "o1"), {"modes": {}})
         p = r.get("scann_params", {})
         params = f"leaves {p.get('num_leaves_to_search')}/{p.get('num_leaves')}, reorder {p.get('reorder')}"
         for mode, m in r["modes"].items():
@@ -158,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", required=True, type=pathlib.Path, help="folder of <set>-<row>.json files")
     parser.add_argument("--timings", type=pathlib.Path, help="timings.tsv of launch/local/repro_smollm2.sh")
     parser.add_argument("--out", type=pathlib.Path, help="also write the tables here (Markdown)")
+    parser.add_argument("--partial", action="store_true", help="rows whose result files are missing read 'not run'")
     args = parser.parse_args(argv)
     try:
-        res = load(args.results)
+        res = load(args.results, args.partial)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,6 +58,20 @@ def test_missing_result_is_named(tmp_path, capsys):
     assert "nfcorpus-minilm.json: missing" in capsys.readouterr().err
 
 
+def test_partial_run_marks_missing_rows_not_run(tmp_path, capsys):
+    """--partial: a missing row's cells read "not run", its paired tests are left out; without it, an error."""
+    table = _table_module()
+    _write_results(tmp_path / "results", skip=("nfcorpus", "nothink"))
+    (tmp_path / "results" / "scifact-nothink.json").unlink()
+    assert table.main(["--results", str(tmp_path / "results")]) == 2
+    capsys.readouterr()
+    assert table.main(["--results", str(tmp_path / "results"), "--partial"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    twin = [line for line in lines if line.startswith("| SmolLM2, contrastive only")]
+    assert twin == ["| SmolLM2, contrastive only (no thoughts, no generation loss) | " + " | ".join(["not run"] * 6) + " |"]
+    assert any(line.startswith("| BM25 (bm25s, English stopwords) | 0.1000 |") for line in lines)
+
+
 def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, capsys):
     from o1_jax.retrieval import paired
 
