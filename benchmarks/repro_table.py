@@ -48,6 +48,9 @@ PAIRS = (
     (("o1", "think(k=3)"), ("o1", "given_thoughts("), "the expert's thoughts against O1's own (k = 3)"),
     (("o1", "shuffled_thoughts("), ("o1", "given_thoughts("), "the expert's thoughts, right query against wrong"),
     (("o1", "placebo(thought=query)"), ("o1", "think(k=3)"), "O1's own thoughts (k = 3) against the query repeated"),
+    # What a second seed alone moves: the noise floor of every other difference between trainings.
+    (("nothink", "no_think"), ("nothink_seed1", "no_think"), "the contrastive twin, seed 1 against seed 0"),
+    (("o1", "no_think"), ("o1_seed1", "no_think"), "O1 without thinking, seed 1 against seed 0"),
 )
 METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "R@100"))
 

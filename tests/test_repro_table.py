@@ -104,3 +104,24 @@ def test_controls_and_paired_tests_appear_when_their_results_exist(tmp_path, cap
                           {q: {"ndcg@10": v} for q, v in per_query["given_thoughts(scifact_test_thoughts)"].items()},
                           ["ndcg@10"])["ndcg@10"]
     assert len(right_wrong) == 2 and f"| NFCorpus | {want['diff']:+.4f} |" in right_wrong[1]
+
+
+def test_a_second_seed_is_paired_with_the_first(tmp_path, capsys):
+    """With seed-1 twin results, the table tests the twin's seed 1 against its seed 0, per set."""
+    from o1_jax.retrieval import paired
+
+    table = _table_module()
+    _write_results(tmp_path / "results")
+    seeds = {"nothink": {"q1": 0.5, "q2": 0.1, "q3": 0.3}, "nothink_seed1": {"q1": 0.4, "q2": 0.3, "q3": 0.6}}
+    for s in ("scifact", "nfcorpus"):
+        for name, values in seeds.items():
+            r = {"modes": {"no_think": {**_metrics(0.3), "per_query": {q: {"ndcg@10": v} for q, v in values.items()}}}}
+            (tmp_path / "results" / f"{s}-{name}.json").write_text(json.dumps(r))
+    assert table.main(["--results", str(tmp_path / "results")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pair = [line for line in lines if line.startswith("| the contrastive twin, seed 1 against seed 0")]
+    want = paired.compare(*({q: {"ndcg@10": v} for q, v in seeds[k].items()} for k in ("nothink", "nothink_seed1")),
+                          ["ndcg@10"])["ndcg@10"]
+    assert len(pair) == 2 and f"| SciFact | {want['diff']:+.4f} |" in pair[0] and "| NFCorpus |" in pair[1]
+    assert any(line.startswith("| SmolLM2, contrastive only, seed 1 | 0.3000 |") for line in lines)
+    assert not any(line.startswith("| O1 without thinking, seed 1") for line in lines)  # no O1 seed 1 here
