@@ -45,6 +45,7 @@ BASELINE = ("o1", "no_think")  # the paired tests' A
 # Further paired tests, shown when both sides exist: (A, B, what B - A measures).
 PAIRS = (
     (("nothink", "no_think"), ("o1", "think(k=3)"), "O1 thinking (k = 3) against the contrastive twin"),
+    (("nothink", "no_think"), ("o1", "given_thoughts("), "the expert's thoughts (O1) against the contrastive twin"),
     (("o1", "think(k=3)"), ("o1", "given_thoughts("), "the expert's thoughts against O1's own (k = 3)"),
     (("o1", "shuffled_thoughts("), ("o1", "given_thoughts("), "the expert's thoughts, right query against wrong"),
     (("o1", "placebo(thought=query)"), ("o1", "think(k=3)"), "O1's own thoughts (k = 3) against the query repeated"),
